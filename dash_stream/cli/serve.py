@@ -1,0 +1,188 @@
+"""`dash-stream serve`: run the server (uvicorn) on the configured bus."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dash_stream.settings import Settings, load_file
+
+
+def _read(path: Path | None, what: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise typer.BadParameter(f"cannot read {what} file {path}: {e.strerror}") from None
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.", envvar="DASH_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.", envvar="DASH_PORT")] = None,
+    bus: Annotated[
+        str | None, typer.Option(help="Event bus URL: memory:// (default).", envvar="DASH_BUS")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with a \\[serve] table of these settings.", envvar="DASH_CONFIG"),
+    ] = None,
+    dev: Annotated[
+        bool | None,
+        typer.Option(
+            "--dev/--no-dev",
+            help="Dev mode: disable auth (anonymous clients get full access).",
+            envvar="DASH_DEV",
+        ),
+    ] = None,
+    jwt_secret: Annotated[
+        str | None, typer.Option(help="HS256 JWT secret (>= 32 bytes).", envvar="DASH_JWT_SECRET")
+    ] = None,
+    jwt_secret_file: Annotated[
+        Path | None, typer.Option(help="File holding the HS256 JWT secret.", envvar="DASH_JWT_SECRET_FILE")
+    ] = None,
+    jwt_public_key_file: Annotated[
+        Path | None,
+        typer.Option(help="PEM public key for RS256/ES256 tokens.", envvar="DASH_JWT_PUBLIC_KEY_FILE"),
+    ] = None,
+    jwt_algorithm: Annotated[
+        list[str] | None, typer.Option(help="Allowed JWT algorithm (repeatable): HS256, RS256, ES256.")
+    ] = None,
+    jwt_issuer: Annotated[
+        str | None, typer.Option(help="Required `iss` claim.", envvar="DASH_JWT_ISSUER")
+    ] = None,
+    jwt_audience: Annotated[
+        str | None, typer.Option(help="Required `aud` claim.", envvar="DASH_JWT_AUDIENCE")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="API key for HTTP publish (repeatable): KEY or KEY=pattern,pattern.", envvar="DASH_API_KEYS"
+        ),
+    ] = None,
+    retention_events: Annotated[
+        int | None,
+        typer.Option(help="History size: events kept by the memory bus.", envvar="DASH_RETENTION_EVENTS"),
+    ] = None,
+    retention_age: Annotated[
+        float | None,
+        typer.Option(help="Drop events older than this many seconds.", envvar="DASH_RETENTION_AGE"),
+    ] = None,
+    dedup_window: Annotated[
+        float | None,
+        typer.Option(help="Seconds a (source, id) is remembered for dedup.", envvar="DASH_DEDUP_WINDOW"),
+    ] = None,
+    max_event_bytes: Annotated[int | None, typer.Option(help="Largest encoded event.")] = None,
+    max_frame_bytes: Annotated[int | None, typer.Option(help="Largest WebSocket frame (close 1009).")] = None,
+    max_batch: Annotated[int | None, typer.Option(help="Most events per publish batch.")] = None,
+    max_subscriptions: Annotated[int | None, typer.Option(help="Most subscriptions per connection.")] = None,
+    max_connections: Annotated[int | None, typer.Option(help="Most concurrent connections.")] = None,
+    publish_rate: Annotated[
+        float | None,
+        typer.Option(help="Publish limit per token subject / API key, events per second (0: off)."),
+    ] = None,
+    conn_publish_rate: Annotated[
+        float | None, typer.Option(help="Publish limit per WebSocket connection, events per second (0: off).")
+    ] = None,
+    heartbeat: Annotated[
+        float | None, typer.Option(help="Seconds between WebSocket pings; 2 missed = close 4002.")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text.", envvar="DASH_LOG_FORMAT")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning, error.", envvar="DASH_LOG_LEVEL")
+    ] = None,
+) -> None:
+    """Serve the WebSocket, SSE and HTTP API.
+
+    Examples:
+
+      dash-stream serve --dev                       # local, auth off, memory bus
+
+      DASH_JWT_SECRET=$(cat secret) dash-stream serve --host 0.0.0.0 --api-key "$KEY"
+    """
+    import uvicorn
+
+    from dash_stream.logs import setup_logging
+    from dash_stream.server.app import create_app
+    from dash_stream.server.wire import DashWebSocketProtocol
+
+    base: dict[str, Any] = load_file(config) if config is not None else {}
+    flags: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "bus": bus,
+        "dev": dev,
+        "jwt_secret": jwt_secret or _read(jwt_secret_file, "secret"),
+        "jwt_public_key": _read(jwt_public_key_file, "public key"),
+        "jwt_algorithms": tuple(jwt_algorithm) if jwt_algorithm else None,
+        "jwt_issuer": jwt_issuer,
+        "jwt_audience": jwt_audience,
+        "api_keys": tuple(k for item in api_key for k in item.split()) if api_key else None,
+        "retention_events": retention_events,
+        "retention_age_s": retention_age,
+        "dedup_window_s": dedup_window,
+        "max_event_bytes": max_event_bytes,
+        "max_frame_bytes": max_frame_bytes,
+        "max_batch": max_batch,
+        "max_subscriptions": max_subscriptions,
+        "max_connections": max_connections,
+        "publish_rate": publish_rate,
+        "conn_publish_rate": conn_publish_rate,
+        "heartbeat_s": heartbeat,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
+    if flags["jwt_public_key"] and not jwt_algorithm:
+        flags["jwt_algorithms"] = ("RS256", "ES256")
+    try:
+        settings = Settings(
+            **{k: v for k, v in base.items() if k in Settings.__struct_fields__}
+        ).with_overrides(**flags)
+        app = create_app(settings)
+    except (ValueError, TypeError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        if "secret" in str(e).lower() or "auth" in str(e).lower():
+            typer.secho(
+                "hint: pass --jwt-secret / DASH_JWT_SECRET, or --dev for local use without auth", err=True
+            )
+        raise typer.Exit(2) from None
+    if settings.dev:
+        typer.secho(
+            "WARNING: dev mode: AUTH IS OFF. Anyone who can reach "
+            f"{settings.host}:{settings.port} may publish and subscribe to everything.",
+            err=True,
+            fg="yellow",
+            bold=True,
+        )
+    config_ = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws=DashWebSocketProtocol,
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.heartbeat_s,
+        ws_ping_timeout=2 * settings.heartbeat_s,
+        ws_per_message_deflate=False,
+        log_config=setup_logging(settings.log_format, settings.log_level),
+        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config_)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    server.run()
+    if not server.started:
+        sys.exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the CLI."""
+    app.command(
+        help=serve.__doc__,
+        epilog="Every option also reads a DASH_* environment variable; see docs/operations.md.",
+    )(serve)

@@ -1,0 +1,85 @@
+"""Structured logging: JSON lines (or text) carrying the request id, never payloads or tokens."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import orjson
+
+from dash_stream.server.errors import request_id_var
+
+_TOKEN_IN_URL = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']+", re.IGNORECASE)
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """Replace token values in URLs with [redacted]."""
+    return _TOKEN_IN_URL.sub(r"\1[redacted]", text)
+
+
+class RedactFilter(logging.Filter):
+    """Scrubs `?token=` from every record (uvicorn logs WebSocket paths with their query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in doc:
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> dict[str, Any]:
+    """Configure the root and uvicorn loggers; returns a dictConfig for uvicorn's `log_config`."""
+    formatter = "json" if fmt == "json" else "text"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": RedactFilter}},
+        "formatters": {
+            "json": {"()": JsonFormatter},
+            "text": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"},
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": sys.stderr,
+                "formatter": formatter,
+                "filters": ["redact"],
+            },
+        },
+        "loggers": {
+            "": {"handlers": ["stderr"], "level": level.upper()},
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            # uvicorn logs every WebSocket open at info: too chatty for thousands of dashboards
+            "uvicorn.error": {
+                "handlers": ["stderr"],
+                "level": "DEBUG" if level.lower() == "debug" else "WARNING",
+                "propagate": False,
+            },
+            "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        },
+    }

@@ -1,0 +1,1 @@
+"""The wire: frames, codecs, errors and close codes (PROTOCOL.md)."""

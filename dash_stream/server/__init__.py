@@ -1,0 +1,1 @@
+"""The server: ASGI app, transports, auth and rate limits."""

@@ -1,0 +1,151 @@
+"""`create_app(settings)`: the Starlette application and the lifespan that owns its tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from dash_stream.bus.base import Bus
+from dash_stream.bus.memory import MemoryBus
+from dash_stream.events import Limits
+from dash_stream.protocol.errors import CloseCode, DashError
+from dash_stream.server import http_api, specs
+from dash_stream.server.auth import Authenticator, AuthSettings
+from dash_stream.server.context import ServerContext
+from dash_stream.server.errors import RequestIdMiddleware, error_response, from_dash_error, from_status
+from dash_stream.server.hub import Hub
+from dash_stream.server.limits import KeyedBuckets
+from dash_stream.server.metrics import Metrics
+from dash_stream.server.publishing import Publisher
+from dash_stream.server.sse import sse_endpoint
+from dash_stream.server.ws import websocket_endpoint
+from dash_stream.settings import Settings
+
+log = logging.getLogger("dash_stream.server")
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The bus named by `settings.bus` (`memory://` is the embedded default)."""
+    url = settings.bus
+    if url in ("memory", "memory://", ""):
+        return MemoryBus(
+            max_events=settings.retention_events,
+            max_age_s=settings.retention_age_s,
+            dedup_window_s=settings.dedup_window_s,
+        )
+    scheme = url.split("://", 1)[0]
+    raise ValueError(f"bus: unsupported URL scheme {scheme!r} (this build supports memory://)")
+
+
+def make_auth(settings: Settings) -> Authenticator:
+    """The authenticator for `settings`; ValueError names what is missing."""
+    return Authenticator(
+        AuthSettings(
+            dev=settings.dev,
+            jwt_secret=settings.jwt_secret,
+            jwt_public_key=settings.jwt_public_key,
+            algorithms=settings.jwt_algorithms,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            api_keys=settings.api_keys,
+        )
+    )
+
+
+def build_context(settings: Settings, bus: Bus | None = None) -> ServerContext:
+    """Everything a server needs, wired together."""
+    bus = bus if bus is not None else make_bus(settings)
+    metrics = Metrics()
+    limits = Limits(
+        max_event_bytes=settings.max_event_bytes,
+        max_frame_bytes=settings.max_frame_bytes,
+        max_batch=settings.max_batch,
+    )
+    burst = settings.publish_burst if settings.publish_burst is not None else 2 * settings.publish_rate
+    return ServerContext(
+        settings=settings,
+        bus=bus,
+        metrics=metrics,
+        hub=Hub(bus, metrics, max_replay=settings.max_replay, max_buffer=settings.max_replay),
+        auth=make_auth(settings),
+        publisher=Publisher(bus, metrics, limits, strict_types=settings.strict_types),
+        limits=limits,
+        publish_buckets=KeyedBuckets(settings.publish_rate, burst),
+        publish_burst=max(1.0, burst),
+        connect_buckets=KeyedBuckets(settings.connect_rate_per_ip, settings.connect_burst_per_ip),
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else "error"
+    if exc.status_code == 404:
+        detail = f"no route for {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"method {request.method} not allowed on {request.url.path}"
+    return from_status(exc.status_code, detail)
+
+
+async def _dash_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DashError)
+    return from_dash_error(exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
+def create_app(settings: Settings, *, bus: Bus | None = None) -> Starlette:
+    """The ASGI app for `settings`; the lifespan starts the hub and drains on shutdown."""
+    ctx = build_context(settings, bus)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.dev:
+            log.warning("AUTH IS OFF (--dev): every client may publish and subscribe to every topic")
+        await ctx.hub.start()
+        try:
+            yield
+        finally:
+            ctx.draining = True
+            for conn in list(ctx.connections):
+                close = getattr(conn, "close", None)
+                if close is not None:
+                    close(CloseCode.GOING_AWAY, "shutdown", flush=True)
+            await ctx.hub.stop()
+            await ctx.bus.close()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(specs.openapi())
+
+    async def asyncapi(request: Request) -> Response:
+        return JSONResponse(specs.asyncapi())
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/v1/ws", websocket_endpoint),
+            Route("/v1/sse", sse_endpoint, methods=["GET"]),
+            Route("/v1/events", http_api.publish_events, methods=["POST"]),
+            Route("/v1/events", http_api.read_history, methods=["GET"]),
+            Route("/healthz", http_api.healthz, methods=["GET"]),
+            Route("/readyz", http_api.readyz, methods=["GET"]),
+            Route("/metrics", http_api.metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/asyncapi.json", asyncapi, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={HTTPException: _http_error, DashError: _dash_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.idempotency = http_api.IdempotencyCache(ttl_s=max(600.0, settings.dedup_window_s))
+    return app

@@ -1,0 +1,78 @@
+"""One typed settings object, filled from flags, `DASH_*` environment variables and a TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Everything `dash-stream serve` can be told; defaults are production-safe (auth on)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bus: str = "memory://"
+    log_format: Literal["json", "text"] = "text"
+    log_level: str = "info"
+
+    # auth (PROTOCOL.md section 7)
+    dev: bool = False
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    api_keys: tuple[str, ...] = ()
+    auth_timeout_s: float = 10.0
+
+    # retention and dedup (memory bus)
+    retention_events: int = 100_000
+    retention_age_s: float = 24 * 3600.0
+    dedup_window_s: float = 600.0
+
+    # limits
+    max_event_bytes: int = 64 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    max_batch: int = 1000
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_subscriptions: int = 100
+    max_connections: int = 10_000
+    max_replay: int = 100_000
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    outbox_max_frames: int = 20_000
+    frame_max_events: int = 500
+    publish_rate: float = 1000.0
+    publish_burst: float | None = None  # default: twice the rate
+    conn_publish_rate: float = 1000.0
+    connect_rate_per_ip: float = 50.0
+    connect_burst_per_ip: float = 200.0
+    malformed_limit: int = 10
+
+    # protocol timing
+    heartbeat_s: float = 25.0
+    sse_keepalive_s: float = 15.0
+    drain_timeout_s: float = 10.0
+    strict_types: bool = False
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return msgspec.structs.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read a TOML settings file (`[serve]` table or top-level keys); errors name the file and key."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    table = doc.get("serve", doc)
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [serve] must be a table")
+    try:
+        msgspec.convert(table, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return {k.replace("-", "_"): v for k, v in table.items()}
