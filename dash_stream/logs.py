@@ -12,24 +12,34 @@ import orjson
 from dash_stream.server.errors import request_id_var
 
 _TOKEN_IN_URL = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']+", re.IGNORECASE)
+# uvicorn's websockets logs request headers and frames at debug level: bearer credentials and the
+# `token` of auth/refresh frames must not reach the log either
+_BEARER = re.compile(r"(\bbearer\s+)[^\s\"',]+", re.IGNORECASE)
+_TOKEN_IN_JSON = re.compile(r'("token"\s*:\s*")[^"]*')
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
-    """Replace token values in URLs with [redacted]."""
-    return _TOKEN_IN_URL.sub(r"\1[redacted]", text)
+    """Replace token values in URLs, bearer credentials and JSON `token` fields with [redacted]."""
+    text = _TOKEN_IN_URL.sub(r"\1[redacted]", text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _TOKEN_IN_JSON.sub(r"\1[redacted]", text)
 
 
 class RedactFilter(logging.Filter):
     """Scrubs `?token=` from every record (uvicorn logs WebSocket paths with their query string)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
         record.request_id = request_id_var.get()
+        if record.args:
+            # format first: header names and values, and frames, arrive as separate or non-str args
+            try:
+                message = record.getMessage()
+            except Exception:  # a broken format string is reported by logging itself
+                return True
+            record.msg, record.args = redact(message), None
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
         return True
 
 

@@ -15,6 +15,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     host: str = "127.0.0.1"
     port: int = 8080
     bus: str = "memory://"
+    redis_partitions: int = 16
+    redis_min_replicas: int = 0
     log_format: Literal["json", "text"] = "text"
     log_level: str = "info"
 
@@ -44,9 +46,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     outbox_max_bytes: int = 8 * 1024 * 1024
     outbox_max_frames: int = 20_000
     frame_max_events: int = 500
-    publish_rate: float = 1000.0
+    publish_rate: float = 10_000.0
     publish_burst: float | None = None  # default: twice the rate
-    conn_publish_rate: float = 1000.0
+    conn_publish_rate: float = 5_000.0
     connect_rate_per_ip: float = 50.0
     connect_burst_per_ip: float = 200.0
     malformed_limit: int = 10

@@ -23,9 +23,16 @@ def _root() -> None:
 serve.register(app)
 
 try:  # commands that live in modules of their own
-    from dash_stream.cli import tools
+    import dash_stream.cli.tools as tools
 
     tools.register(app)
+except ImportError:  # pragma: no cover - during development only
+    pass
+
+try:
+    import dash_stream.cli.bench as bench
+
+    bench.register(app)
 except ImportError:  # pragma: no cover - during development only
     pass
 

@@ -25,7 +25,20 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.", envvar="DASH_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port.", envvar="DASH_PORT")] = None,
     bus: Annotated[
-        str | None, typer.Option(help="Event bus URL: memory:// (default).", envvar="DASH_BUS")
+        str | None,
+        typer.Option(
+            help="Event bus URL: memory:// (default), redis://host:port/db, rediss://…, "
+            "redis+sentinel://h:p,h:p/master, redis+cluster://h:p,h:p.",
+            envvar="DASH_BUS",
+        ),
+    ] = None,
+    redis_partitions: Annotated[
+        int | None,
+        typer.Option(help="Redis bus: streams a deployment spreads topics over (same on every node)."),
+    ] = None,
+    redis_min_replicas: Annotated[
+        int | None,
+        typer.Option(help="Redis bus: acknowledge a publish only once this many replicas have it (WAIT)."),
     ] = None,
     config: Annotated[
         Path | None,
@@ -66,7 +79,10 @@ def serve(
     ] = None,
     retention_events: Annotated[
         int | None,
-        typer.Option(help="History size: events kept by the memory bus.", envvar="DASH_RETENTION_EVENTS"),
+        typer.Option(
+            help="History size: events kept (memory bus; per partition stream on Redis).",
+            envvar="DASH_RETENTION_EVENTS",
+        ),
     ] = None,
     retention_age: Annotated[
         float | None,
@@ -90,6 +106,24 @@ def serve(
     ] = None,
     heartbeat: Annotated[
         float | None, typer.Option(help="Seconds between WebSocket pings; 2 missed = close 4002.")
+    ] = None,
+    outbox_max_bytes: Annotated[
+        int | None,
+        typer.Option(help="Bytes queued for one slow WebSocket client before it is closed with 4008."),
+    ] = None,
+    outbox_max_frames: Annotated[
+        int | None,
+        typer.Option(help="Frames queued for one slow WebSocket client before it is closed with 4008."),
+    ] = None,
+    connect_rate: Annotated[
+        float | None,
+        typer.Option(help="WebSocket connection attempts per client IP per second, burst 2x (0: off)."),
+    ] = None,
+    sse_keepalive: Annotated[
+        float | None, typer.Option(help="Seconds between SSE `: keepalive` comments.")
+    ] = None,
+    auth_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a WebSocket client has to authenticate (close 4501).")
     ] = None,
     log_format: Annotated[str | None, typer.Option(help="json or text.", envvar="DASH_LOG_FORMAT")] = None,
     log_level: Annotated[
@@ -115,6 +149,8 @@ def serve(
         "host": host,
         "port": port,
         "bus": bus,
+        "redis_partitions": redis_partitions,
+        "redis_min_replicas": redis_min_replicas,
         "dev": dev,
         "jwt_secret": jwt_secret or _read(jwt_secret_file, "secret"),
         "jwt_public_key": _read(jwt_public_key_file, "public key"),
@@ -133,6 +169,12 @@ def serve(
         "publish_rate": publish_rate,
         "conn_publish_rate": conn_publish_rate,
         "heartbeat_s": heartbeat,
+        "outbox_max_bytes": outbox_max_bytes,
+        "outbox_max_frames": outbox_max_frames,
+        "connect_rate_per_ip": connect_rate,
+        "connect_burst_per_ip": 2 * connect_rate if connect_rate is not None else None,
+        "sse_keepalive_s": sse_keepalive,
+        "auth_timeout_s": auth_timeout,
         "log_format": log_format,
         "log_level": log_level,
     }

@@ -41,6 +41,8 @@ class Codec:
 
     def decode(self, data: bytes | str) -> ClientFrame:
         """Decode one client frame; BadRequest names the path of what is wrong."""
+        if isinstance(data, str):
+            data = data.encode()
         try:
             return self._decoder.decode(data)
         except msgspec.ValidationError as e:
@@ -49,7 +51,7 @@ class Codec:
             kind = "MessagePack" if self.binary else "JSON"
             raise BadRequest(f"frame is not valid {kind}: {e}") from None
 
-    def _peek_op(self, data: bytes | str) -> object:
+    def _peek_op(self, data: bytes) -> object:
         try:
             return self._envelope.decode(data).op
         except msgspec.MsgspecError:
@@ -58,7 +60,7 @@ class Codec:
     def correlation_id(self, data: bytes | str) -> str | None:
         """The `id` of a frame that failed to decode, if it has a usable one."""
         try:
-            value = self._envelope.decode(data).id
+            value = self._envelope.decode(data.encode() if isinstance(data, str) else data).id
         except msgspec.MsgspecError:
             return None
         return value if isinstance(value, str) and len(value) <= 128 else None

@@ -69,8 +69,10 @@ def close_reason(code: CloseCode, retry_after_ms: int | None = None, message: st
     if message:
         body["message"] = message[:60]
     text = orjson.dumps(body).decode()
-    # a close reason must fit in a control frame (123 bytes)
-    return text if len(text.encode()) <= 123 else orjson.dumps({"code": body["code"]}).decode()
+    if len(text.encode()) > 123:  # a close reason must fit in a control frame: drop the message only
+        body.pop("message", None)
+        text = orjson.dumps(body).decode()
+    return text
 
 
 class DashError(Exception):

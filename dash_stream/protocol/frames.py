@@ -17,19 +17,19 @@ class _Op(msgspec.Struct, tag_field="op", kw_only=True, frozen=True, forbid_unkn
     id: CorrelationId | None = None
 
 
-class Auth(_Op, tag="auth", kw_only=True):
+class Auth(_Op, tag="auth", kw_only=True, frozen=True):
     """Authenticate the connection with a JWT."""
 
     token: Token
 
 
-class Refresh(_Op, tag="refresh", kw_only=True):
+class Refresh(_Op, tag="refresh", kw_only=True, frozen=True):
     """Replace the connection's token before it expires."""
 
     token: Token
 
 
-class Subscribe(_Op, tag="subscribe", kw_only=True):
+class Subscribe(_Op, tag="subscribe", kw_only=True, frozen=True):
     """Subscribe to topic patterns, optionally filtered and resumed."""
 
     sub: SubId
@@ -40,19 +40,19 @@ class Subscribe(_Op, tag="subscribe", kw_only=True):
     from_: Literal["latest", "earliest"] | None = msgspec.field(default=None, name="from")
 
 
-class Unsubscribe(_Op, tag="unsubscribe", kw_only=True):
+class Unsubscribe(_Op, tag="unsubscribe", kw_only=True, frozen=True):
     """End one subscription."""
 
     sub: SubId
 
 
-class Publish(_Op, tag="publish", kw_only=True):
+class Publish(_Op, tag="publish", kw_only=True, frozen=True):
     """Publish one event, answered with an ack."""
 
     event: EventIn
 
 
-class Ping(_Op, tag="ping", kw_only=True):
+class Ping(_Op, tag="ping", kw_only=True, frozen=True):
     """Application-level ping, answered with pong."""
 
 
@@ -129,7 +129,7 @@ class Error(_Reply, tag="error", kw_only=True):
     id: str | None = None
     code: str
     message: str
-    retryable: bool = False
+    retryable: bool  # no default: omit_defaults would drop `"retryable":false` from the wire
     retry_after_ms: int | None = None
 
 

@@ -42,7 +42,24 @@ def make_bus(settings: Settings) -> Bus:
             dedup_window_s=settings.dedup_window_s,
         )
     scheme = url.split("://", 1)[0]
-    raise ValueError(f"bus: unsupported URL scheme {scheme!r} (this build supports memory://)")
+    if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"):
+        try:
+            from dash_stream.bus.redis import RedisBus
+        except ImportError as e:  # pragma: no cover - the redis extra is missing
+            raise ValueError(
+                "bus: the Redis bus needs the redis extra: pip install 'dash-stream[redis]'"
+            ) from e
+        return RedisBus(
+            url,
+            partitions=settings.redis_partitions,
+            max_events=settings.retention_events,
+            max_age_s=settings.retention_age_s,
+            dedup_window_s=settings.dedup_window_s,
+            min_replicas=settings.redis_min_replicas,
+        )
+    raise ValueError(
+        f"bus: unsupported URL scheme {scheme!r} (memory://, redis://, rediss://, redis+sentinel://, redis+cluster://)"
+    )
 
 
 def make_auth(settings: Settings) -> Authenticator:

@@ -33,11 +33,15 @@ class ServerContext:
     connections: set[object] = field(default_factory=set)
 
     def check_publish_rate(
-        self, principal: Principal, n: int, conn_bucket: TokenBucket | None = None
+        self, principal: Principal, n: int, client: str, conn_bucket: TokenBucket | None = None
     ) -> None:
-        """Token buckets per subject/key and per connection; RateLimited with retry_after_ms."""
-        # a batch larger than a bucket's burst costs the whole burst rather than never passing
-        wait = self.publish_buckets.take(f"{principal.kind}:{principal.sub}", min(n, self.publish_burst))
+        """Token buckets per subject/key (per client address in dev mode) and per connection.
+
+        Raises RateLimited with retry_after_ms. A batch larger than a bucket's burst costs the
+        whole burst rather than never passing.
+        """
+        key = f"ip:{client}" if principal.kind == "dev" else f"{principal.kind}:{principal.sub}"
+        wait = self.publish_buckets.take(key, min(n, self.publish_burst))
         if wait <= 0 and conn_bucket is not None:
             wait = conn_bucket.take(min(n, conn_bucket.burst))
         if wait > 0:

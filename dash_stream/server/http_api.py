@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from dash_stream.bus.base import Record
 from dash_stream.bus.cursor import BadCursor, decode_cursor
 from dash_stream.events import EventIn
 from dash_stream.filters import TopicSet, compile_where
@@ -171,7 +172,7 @@ async def publish_events(request: Request) -> Response:
         events, single = parse_events(body, request.headers.get("content-type", "application/json"))
         key = request.headers.get("idempotency-key")
         cache: IdempotencyCache = request.app.state.idempotency
-        cache_key = digest = b""
+        cache_key, digest = "", b""
         if key:
             if len(key) > 256:
                 raise BadRequest("Idempotency-Key: longer than 256 characters")
@@ -180,15 +181,18 @@ async def publish_events(request: Request) -> Response:
             stored = cache.get(cache_key, digest)
             if stored is not None:
                 return JSONResponse({**stored, "duplicates": stored["accepted"]}, status_code=202)
-        ctx.check_publish_rate(principal, len(events))
-        items = ctx.publisher.prepare(
-            principal,
-            events,
-            path="event" if single else "events",
-            single=single,
-            traceparent=None,
-            tracestate=None,
-        )
+        ctx.check_publish_rate(principal, len(events), request.client.host if request.client else "?")
+        try:
+            items = ctx.publisher.prepare(
+                principal,
+                events,
+                path="event" if single else "events",
+                single=single,
+                traceparent=None,
+                tracestate=None,
+            )
+        except BadRequest as e:  # the body parsed: a failed check is 422, not 400 (PROTOCOL.md 5)
+            raise _Unprocessable(e.message) from None
         published = await ctx.publisher.append(items, "http")
         doc = {
             "accepted": len(published),
@@ -233,10 +237,14 @@ async def read_history(request: Request) -> Response:
             except BadCursor:
                 reason = "bad_cursor"
         bus = ctx.bus
-        records = []
+        records: list[Record] = []
         if reason is None:
             for _ in range(100):  # bounded scan: at most 100 bus pages per request
-                page = await bus.read(topics, after, limit - len(records))
+                try:
+                    page = await bus.read(topics, after, limit - len(records))
+                except BadCursor:  # well-formed but unusable (e.g. past the end): as the WebSocket does
+                    reason = "bad_cursor"
+                    break
                 if page.epoch_changed or page.trimmed:
                     reason = "epoch_changed" if page.epoch_changed else "trimmed"
                     break

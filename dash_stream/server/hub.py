@@ -230,7 +230,7 @@ class Hub:
             if page.trimmed:
                 return await self._from_now(sub, "trimmed")
             if announced is None:  # from earliest: just before the first retained event
-                first = {}
+                first: dict[int, int] = {}
                 for rec in page.records:
                     first.setdefault(rec.partition, rec.position - 1)
                 announced = Cursor(page.cursor.epoch, {**page.cursor.positions, **first})

@@ -83,7 +83,7 @@ def openapi() -> dict[str, Any]:
             "more": {"type": "boolean"},
         },
     }
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     q = "query"
     return {
         "openapi": "3.1.0",

@@ -43,7 +43,7 @@ class Wire(Protocol):
         ...
 
 
-class DashWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc]
+class DashWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with a non-blocking bounded outbox (see module doc)."""
 
     outbox_max_bytes = 8 * 1024 * 1024

@@ -39,6 +39,7 @@ from dash_stream.server.wire import AsgiWire, DashWebSocketProtocol, Wire
 log = logging.getLogger("dash_stream.ws")
 
 _FRAME_TARGET_BYTES = 256 * 1024
+JSON_CODEC = CODECS[JSON]
 
 
 def choose_subprotocol(offered: list[str]) -> str | None:
@@ -93,6 +94,7 @@ class Connection:
         self._timers: list[asyncio.TimerHandle] = []
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False
+        self.client = websocket.client.host if websocket.client else "?"
 
     # ------------------------------------------------------------ sending
 
@@ -242,11 +244,13 @@ class Connection:
 
     async def handle(self, data: bytes | str) -> None:
         """Decode and answer one client frame; errors answer the op and never close the connection."""
+        # a text frame is JSON whatever the subprotocol; replies use the negotiated one
+        codec = JSON_CODEC if isinstance(data, str) else self.codec
         try:
-            frame = self.codec.decode(data)
+            frame = codec.decode(data)
         except BadRequest as e:
             self.malformed += 1
-            self.send_error(self.codec.correlation_id(data), e)
+            self.send_error(codec.correlation_id(data), e)
             if self.malformed >= self.ctx.settings.malformed_limit:
                 self.close(CloseCode.PROTOCOL_VIOLATION, "too many malformed frames")
             return
@@ -292,7 +296,7 @@ class Connection:
 
     async def _publish(self, frame: f.Publish, principal: Principal) -> None:
         ctx = self.ctx
-        ctx.check_publish_rate(principal, 1, self.bucket)
+        ctx.check_publish_rate(principal, 1, self.client, self.bucket)
         items = ctx.publisher.prepare(principal, [frame.event], path="event", single=True)
         published = await ctx.publisher.append(items, "ws")
         self.send(f.Ack(id=frame.id, offset=published[0].offset, duplicate=published[0].duplicate))
