@@ -55,7 +55,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     # protocol timing
     heartbeat_s: float = 25.0
-    sse_keepalive_s: float = 15.0
+    sse_keepalive_s: float | None = None  # default: heartbeat_s
     drain_timeout_s: float = 10.0
     strict_types: bool = False
 

@@ -14,8 +14,9 @@ import msgspec
 
 from dash_stream.protocol.errors import BadRequest
 
-_EPOCH: Final = re.compile(r"^[a-z0-9]{1,32}$")
-_PART: Final = re.compile(r"^(\d{1,6})-(\d{1,20})$")
+# \Z, not $ (which also matches before a trailing newline); [0-9], not \d (which matches any Unicode digit)
+_EPOCH: Final = re.compile(r"^[a-z0-9]{1,32}\Z")
+_PART: Final = re.compile(r"^([0-9]{1,6})-([0-9]{1,20})\Z")
 MAX_PARTITIONS: Final = 4096
 
 
@@ -57,6 +58,8 @@ def decode_cursor(text: str) -> Cursor:
     if not _EPOCH.match(epoch):
         raise BadCursor("cursor: malformed epoch")
     positions: dict[int, int] = {}
+    if not rest:
+        raise BadCursor("cursor: no position")
     if rest:
         items = rest.split(".")
         if len(items) > MAX_PARTITIONS:

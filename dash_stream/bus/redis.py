@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -41,6 +41,7 @@ _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _LUA = resources.files("dash_stream.bus").joinpath("lua/publish.lua").read_text()
 _event_decoder = msgspec.json.Decoder(Event)
+_CLOSED: Any = object()  # put into live queues by close()
 
 
 def pack_id(stream_id: bytes | str) -> int:
@@ -126,6 +127,7 @@ class RedisBus:
         namespace: str = "dash",
         min_replicas: int = 0,
         replica_timeout_ms: int = 1000,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.target = parse_url(url)
         if min_replicas and self.target.kind == "cluster":
@@ -137,12 +139,17 @@ class RedisBus:
         self.max_age_s = max_age_s
         self.dedup_ms = int(dedup_window_s * 1000)
         self.ns = namespace
+        # an injected clock also stamps stream IDs, so age retention follows it (tests of windows)
+        self._clock = clock or time.time
+        self._stamp_ids = clock is not None
         self._epoch: str | None = None
         self._client: Any = None
         self._reader: Any = None
         self._script: Any = None
         self._closed = False
         self._lock = asyncio.Lock()
+        self._owned: list[Any] = []  # every client and sentinel connection made, closed by close()
+        self._live_queues: set[asyncio.Queue[Any]] = set()
 
     # ------------------------------------------------------------ keys
 
@@ -153,6 +160,10 @@ class RedisBus:
     def epoch_key(self, p: int) -> str:
         """Where partition `p` keeps the deployment's epoch."""
         return f"{{{self.ns}:p{p}}}:epoch"
+
+    def trimmed_key(self, p: int) -> str:
+        """The newest ID retention removed from partition `p`."""
+        return f"{{{self.ns}:p{p}}}:tr"
 
     def dedup_key(self, p: int, source: str, event_id: str) -> str:
         """The dedup key of (source, id) in partition `p`."""
@@ -178,15 +189,22 @@ class RedisBus:
             common["ssl"] = True
         if t.kind == "cluster":
             nodes = [ClusterNode(h, p) for h, p in t.hosts]
-            return RedisCluster(startup_nodes=nodes, **common)
+            cluster = RedisCluster(startup_nodes=nodes, **common)
+            self._owned.append(cluster)
+            return cluster
         if t.kind == "sentinel":
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 list(t.hosts), socket_connect_timeout=2.0, **({"ssl": True} if t.tls else {})
             )
             assert t.service is not None
-            return sentinel.master_for(t.service, **common)
+            self._owned.extend(sentinel.sentinels)
+            master = sentinel.master_for(t.service, **common)
+            self._owned.append(master)
+            return master
         host, port = t.hosts[0]
-        return aioredis.Redis(host=host, port=port, db=t.db, **common)
+        client = aioredis.Redis(host=host, port=port, db=t.db, **common)
+        self._owned.append(client)
+        return client
 
     async def _ensure(self) -> Any:
         if self._client is None:
@@ -234,13 +252,12 @@ class RedisBus:
         for _attempt in range(3):
             assert self._epoch is not None
             epoch = self._epoch
-            minid = "0"
-            if self.max_age_s > 0:
-                minid = f"{int((time.time() - self.max_age_s) * 1000)}-0"
+            now_ms = int(self._clock() * 1000)
+            minid = f"{now_ms - int(self.max_age_s * 1000)}-0" if self.max_age_s > 0 else "0"
             pending = {p: idx for p, idx in by_partition.items() if any(out[i] is None for i in idx)}
             results = await asyncio.gather(
                 *(
-                    self._append(client, p, [events[i] for i in idx], epoch, minid)
+                    self._append(client, p, [events[i] for i in idx], epoch, minid, now_ms)
                     for p, idx in pending.items()
                 )
             )
@@ -260,10 +277,11 @@ class RedisBus:
         return [o for o in out if o is not None]
 
     async def _append(
-        self, client: Any, p: int, items: list[Incoming], epoch: str, minid: str
+        self, client: Any, p: int, items: list[Incoming], epoch: str, minid: str, now_ms: int
     ) -> list[bytes]:
-        keys = [self.stream_key(p), self.epoch_key(p)]
-        args: list[Any] = [epoch, self.max_events, minid, self.dedup_ms]
+        keys = [self.stream_key(p), self.epoch_key(p), self.trimmed_key(p)]
+        stamp = now_ms if self._stamp_ids else ""
+        args: list[Any] = [epoch, self.max_events, minid, self.dedup_ms, now_ms, stamp]
         for item in items:
             keys.append(
                 self.dedup_key(p, item.event.source, item.event.id) if item.dedup else self.stream_key(p)
@@ -326,24 +344,30 @@ class RedisBus:
         pipe = client.pipeline(transaction=False)
         for p in spanned:
             pipe.xinfo_stream(self.stream_key(p))
-        infos = await _gather_pipe(pipe)
+            pipe.get(self.trimmed_key(p))
+        replies_ = await _gather_pipe(pipe)
         heads: dict[int, int] = {}
-        for p, info in zip(spanned, infos, strict=True):
-            if isinstance(info, Exception):  # no such stream yet: empty partition
-                heads[p] = 0
+        trimmed = False
+        for k, p in enumerate(spanned):
+            info, trimmed_to = replies_[2 * k], replies_[2 * k + 1]
+            heads[p] = 0 if isinstance(info, Exception) else pack_id(info["last-generated-id"])
+            if after is None:
                 continue
-            heads[p] = pack_id(info["last-generated-id"])
-            deleted = pack_id(info.get("max-deleted-entry-id", b"0-0"))
-            if after is not None and starts[p] > heads[p]:
-                raise BadCursor("cursor: position is beyond the end of the log")
-            if after is not None and starts[p] < deleted:
-                return Page([], Cursor(self._epoch, heads), trimmed=True)
+            if starts[p] > heads[p]:
+                if p in after.positions:
+                    raise BadCursor("cursor: position is beyond the end of the log")
+                starts[p] = heads[p]  # an unnamed partition's time floor is ahead of its head
+            if isinstance(trimmed_to, bytes) and starts[p] < pack_id(trimmed_to):
+                trimmed = True
+        if trimmed:
+            return Page([], Cursor(self._epoch, heads), trimmed=True)
         pipe = client.pipeline(transaction=False)
         wanted = [p for p in spanned if starts[p] < heads[p]]
         for p in wanted:
             pipe.xrange(self.stream_key(p), min=f"({unpack_id(starts[p])}", max="+", count=limit)
         replies = await _gather_pipe(pipe) if wanted else []
         matches = None if topics is ALL_TOPICS else topics.matches
+        cutoff = int((self._clock() - self.max_age_s) * 1000) << _SEQ_BITS if self.max_age_s > 0 else 0
         candidates: list[Record] = []
         more = False
         positions = dict(starts)
@@ -353,6 +377,12 @@ class RedisBus:
             if len(entries) >= limit:
                 more = True
             for stream_id, fields in entries:
+                position = pack_id(stream_id)
+                if position < cutoff:  # past retention by age even if no publish trimmed it yet
+                    if after is not None:
+                        return Page([], Cursor(self._epoch, heads), trimmed=True)
+                    positions[p] = max(positions[p], position)
+                    continue
                 candidates.append(self._record(p, stream_id, fields[b"e"]))
         candidates.sort(key=lambda r: (r.position >> _SEQ_BITS, r.partition, r.position))
         records: list[Record] = []
@@ -401,9 +431,12 @@ class RedisBus:
             for p in range(self.partitions)
         ]
         matches = None if topics is ALL_TOPICS else topics.matches
+        self._live_queues.add(queue)
         try:
             while not self._closed:
                 item = await queue.get()
+                if item is _CLOSED:
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 if self._epoch != epoch:
@@ -412,6 +445,7 @@ class RedisBus:
                 if batch:
                     yield batch
         finally:
+            self._live_queues.discard(queue)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -467,11 +501,20 @@ class RedisBus:
             return False
 
     async def close(self) -> None:
-        """Stop live readers and close the pools."""
+        """End every live iterator and close every client and sentinel connection."""
         self._closed = True
-        if self._client is not None:
+        for queue in list(self._live_queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(_CLOSED)
+            if queue.full():  # make room: the consumer is ending anyway
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(_CLOSED)
+        await asyncio.sleep(0)
+        for client in self._owned:
             with contextlib.suppress(Exception):
-                await self._client.aclose()
+                await client.aclose()
+        self._owned.clear()
 
 
 async def _gather_pipe(pipe: Any) -> list[Any]:

@@ -215,11 +215,37 @@ def serve(
         server_header=False,
         lifespan="on",
     )
-    server = uvicorn.Server(config_)
+    server = _draining_server(config_, app.state.ctx)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def _draining_server_class() -> type[Any]:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server that marks the app draining the moment a stop signal arrives, so
+        /readyz fails and SSE streams end at once (WebSockets get 1001 from the protocol)."""
+
+        def __init__(self, config: Any, ctx: Any) -> None:
+            super().__init__(config)
+            self.ctx = ctx
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.ctx.draining = True
+            for conn in list(self.ctx.connections):
+                end = getattr(conn, "drain", None)
+                if end is not None:
+                    end()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
+
+
+def _draining_server(config: Any, ctx: Any) -> Any:
+    return _draining_server_class()(config, ctx)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -118,6 +119,7 @@ class IdempotencyCache:
         self.ttl_s = ttl_s
         self.max_keys = max_keys
         self._items: OrderedDict[str, tuple[float, bytes, dict[str, Any]]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[None]] = {}
 
     def get(self, key: str, digest: bytes) -> dict[str, Any] | None:
         """The stored response, or None; Conflict when the key was used with another body."""
@@ -133,6 +135,25 @@ class IdempotencyCache:
         if item[1] != digest:
             raise Conflict("Idempotency-Key was already used with a different body")
         return item[2]
+
+    async def claim(self, key: str, digest: bytes) -> dict[str, Any] | None:
+        """The stored response, or None after marking `key` in flight (a concurrent retry waits)."""
+        for _ in range(1000):
+            stored = self.get(key, digest)
+            if stored is not None:
+                return stored
+            waiter = self._inflight.get(key)
+            if waiter is None:
+                self._inflight[key] = asyncio.get_running_loop().create_future()
+                return None
+            await asyncio.shield(waiter)
+        raise Conflict("Idempotency-Key is busy")
+
+    def release(self, key: str) -> None:
+        """End the in-flight mark of `key` (whether or not the request succeeded)."""
+        waiter = self._inflight.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def put(self, key: str, digest: bytes, response: dict[str, Any]) -> None:
         """Remember a response."""
@@ -178,32 +199,50 @@ async def publish_events(request: Request) -> Response:
                 raise BadRequest("Idempotency-Key: longer than 256 characters")
             cache_key = f"{principal.kind}:{principal.sub}:{key}"
             digest = hashlib.sha256(body).digest()
-            stored = cache.get(cache_key, digest)
+            stored = await cache.claim(cache_key, digest)
             if stored is not None:
                 return JSONResponse({**stored, "duplicates": stored["accepted"]}, status_code=202)
-        ctx.check_publish_rate(principal, len(events), request.client.host if request.client else "?")
         try:
-            items = ctx.publisher.prepare(
-                principal,
-                events,
-                path="event" if single else "events",
-                single=single,
-                traceparent=None,
-                tracestate=None,
-            )
-        except BadRequest as e:  # the body parsed: a failed check is 422, not 400 (PROTOCOL.md 5)
-            raise _Unprocessable(e.message) from None
-        published = await ctx.publisher.append(items, "http")
-        doc = {
-            "accepted": len(published),
-            "duplicates": sum(1 for p in published if p.duplicate),
-            "offsets": [p.offset for p in published],
-        }
-        if key:
-            cache.put(cache_key, digest, doc)
-        return JSONResponse(doc, status_code=202)
+            return await _publish(ctx, request, principal, events, single, cache, cache_key, digest)
+        finally:
+            if key:
+                cache.release(cache_key)
     except DashError as e:
         return from_dash_error(e)
+
+
+async def _publish(
+    ctx: ServerContext,
+    request: Request,
+    principal: Principal,
+    events: list[EventIn],
+    single: bool,
+    cache: IdempotencyCache,
+    cache_key: str,
+    digest: bytes,
+) -> Response:
+    try:
+        items = ctx.publisher.prepare(
+            principal,
+            events,
+            path="event" if single else "events",
+            single=single,
+            traceparent=None,
+            tracestate=None,
+        )
+    except BadRequest as e:  # the body parsed: a failed check is 422, not 400 (PROTOCOL.md 5)
+        raise _Unprocessable(e.message) from None
+    # rate limits count only events that passed validation and authorization
+    ctx.check_publish_rate(principal, len(events), request.client.host if request.client else "?")
+    published = await ctx.publisher.append(items, "http")
+    doc = {
+        "accepted": len(published),
+        "duplicates": sum(1 for p in published if p.duplicate),
+        "offsets": [p.offset for p in published],
+    }
+    if cache_key:
+        cache.put(cache_key, digest, doc)
+    return JSONResponse(doc, status_code=202)
 
 
 async def read_history(request: Request) -> Response:

@@ -127,6 +127,17 @@ def merge_after(end: Cursor, buffered: Iterable[Record]) -> list[Record]:
     return out
 
 
+def past_cursor(cursor: Cursor | None, records: list[Record]) -> list[Record]:
+    """The records after `cursor`. The live reader may lag the bus, so a subscription that has just
+    replayed history up to the bus's end can be handed records its replay already sent."""
+    if cursor is None:
+        return records
+    positions = cursor.positions
+    if all(r.position > positions.get(r.partition, -1) for r in records):
+        return records
+    return [r for r in records if r.position > positions.get(r.partition, -1)]
+
+
 class Hub:
     """Routes bus batches to subscriptions; see the module docstring."""
 
@@ -307,7 +318,16 @@ class Hub:
                 else:
                     buffer.extend(recs)
                 continue
-            s.owner.deliver(s, recs)
+            recs = past_cursor(s.cursor, recs)
+            if not recs:
+                continue
+            try:
+                s.owner.deliver(s, recs)
+            except Exception:  # one broken connection must not stop the fan-out to all the others
+                log.exception("delivery failed; closing the subscriber so that it resumes from its cursor")
+                with contextlib.suppress(Exception):
+                    s.owner.lost("delivery failed")
+                continue
             delivered += len(recs)
         self.metrics.deliveries.inc(delivered)
         self.metrics.publish_to_deliver.observe(max(0.0, time.time() - batch[0].published_at))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -63,6 +64,10 @@ class SseConnection:
         self.closed = True
         self.wake.set()
 
+    def drain(self) -> None:
+        """Server shutdown: end the stream now (the client resumes elsewhere with Last-Event-ID)."""
+        self.lost("draining")
+
 
 async def sse_endpoint(request: Request) -> Response:
     """`GET /v1/sse?topics=a.*,b.>&where=<json>` with `Last-Event-ID` or `?cursor=` to resume."""
@@ -110,16 +115,24 @@ async def sse_endpoint(request: Request) -> Response:
         if final is not None:
             sub.cursor = final.merged(sub.cursor)
     ctx.metrics.connections.labels("sse").inc()
+    ctx.connections.add(conn)
 
     async def stream() -> AsyncIterator[bytes]:
         try:
             yield first
-            keepalive = ctx.settings.sse_keepalive_s
-            while not conn.closed:
+            s = ctx.settings
+            keepalive = s.sse_keepalive_s if s.sse_keepalive_s is not None else s.heartbeat_s
+            while not conn.closed and not ctx.draining:
+                if principal.expired(time.time()):  # no refresh over SSE: the client reconnects
+                    yield b"event: expired\ndata: {}\n\n"
+                    return
                 if not conn.queue:
                     conn.wake.clear()
+                    wait = keepalive if principal.exp is None else min(keepalive, principal.exp - time.time())
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(conn.wake.wait(), keepalive)
+                        await asyncio.wait_for(conn.wake.wait(), max(0.0, wait))
+                    if principal.expired(time.time()) or ctx.draining:
+                        continue
                     if not conn.queue and not conn.closed:
                         yield b": keepalive\n\n"
                         continue
@@ -130,6 +143,7 @@ async def sse_endpoint(request: Request) -> Response:
                     yield out
         finally:
             conn.closed = True
+            ctx.connections.discard(conn)
             ctx.hub.remove(sub)
             ctx.metrics.connections.labels("sse").dec()
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from dash_stream.protocol.errors import CloseCode, close_reason
 
@@ -84,6 +85,12 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
         return True
 
     def _write(self, data: bytes, binary: bool) -> None:
+        if self.conn.state is not State.OPEN:
+            # the peer's close frame has arrived; uvicorn reports the disconnect only later
+            self.closed = True
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            return
         if binary:
             self.conn.send_binary(data)
         else:

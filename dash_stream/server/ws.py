@@ -151,7 +151,14 @@ class Connection:
             metrics.frames_out.labels("ws").inc()
             metrics.bytes_out.labels("ws").inc(len(data))
         sub.last_sent = time.monotonic()
-        sub.skipped = None
+        skipped = sub.skipped
+        # a record skipped after the last one delivered (same batch) still needs its cursor advance
+        if (
+            skipped is not None
+            and sub.cursor is not None
+            and sub.cursor.positions.get(skipped.partition, -1) >= skipped.position
+        ):
+            sub.skipped = None
 
     def advance(self, sub: Subscription) -> None:
         """An events frame with no events: the filtered subscription's cursor moved on."""
@@ -296,8 +303,8 @@ class Connection:
 
     async def _publish(self, frame: f.Publish, principal: Principal) -> None:
         ctx = self.ctx
-        ctx.check_publish_rate(principal, 1, self.client, self.bucket)
         items = ctx.publisher.prepare(principal, [frame.event], path="event", single=True)
+        ctx.check_publish_rate(principal, 1, self.client, self.bucket)
         published = await ctx.publisher.append(items, "ws")
         self.send(f.Ack(id=frame.id, offset=published[0].offset, duplicate=published[0].duplicate))
 

@@ -43,7 +43,13 @@ async def _post(base: str, events: list[dict[str, object]], attempts: int = 200)
 
 def _events(topic: str, start: int, n: int) -> list[dict[str, object]]:
     return [
-        {"topic": f"{topic}.a{i % 3}", "type": "test.seq", "id": f"{topic}-{i}", "source": "rt", "data": {"seq": i}}
+        {
+            "topic": f"{topic}.a{i % 3}",
+            "type": "test.seq",
+            "id": f"{topic}-{i}",
+            "source": "rt",
+            "data": {"seq": i},
+        }
         for i in range(start, start + n)
     ]
 
@@ -74,7 +80,9 @@ async def test_publish_on_one_node_delivers_on_all_three(redis_standalone, serve
             await c.close()
 
 
-async def test_node_killed_clients_resume_on_another_node_without_loss_or_duplicates(redis_standalone, server):
+async def test_node_killed_clients_resume_on_another_node_without_loss_or_duplicates(
+    redis_standalone, server
+):
     node_a = server("--dev", "--bus", redis_standalone.url, "--redis-partitions", "4")
     node_b = server("--dev", "--bus", redis_standalone.url, "--redis-partitions", "4")
     topic = _topic()
@@ -146,9 +154,10 @@ async def test_redis_down_five_seconds_gives_503_then_recovers_without_loss(serv
     try:
         node = server("--dev", "--bus", deployment.url, "--redis-partitions", "4")
         topic = _topic()
-        async with await WsClient.connect(node.ws_url) as c, httpx.AsyncClient(
-            base_url=node.base_url, trust_env=False, timeout=scaled(10)
-        ) as http:
+        async with (
+            await WsClient.connect(node.ws_url) as c,
+            httpx.AsyncClient(base_url=node.base_url, trust_env=False, timeout=scaled(10)) as http,
+        ):
             await c.subscribe("s", [f"{topic}.>"])
             await _post(node.base_url, _events(topic, 0, 10))
             await c.wait_events("s", 10)
@@ -174,7 +183,9 @@ async def test_redis_down_five_seconds_gives_503_then_recovers_without_loss(serv
 async def test_sentinel_failover_loses_no_acknowledged_event(server):
     deployment = redis_servers.sentinel(replicas=2)
     try:
-        node = server("--dev", "--bus", deployment.url, "--redis-partitions", "4", "--redis-min-replicas", "1")
+        node = server(
+            "--dev", "--bus", deployment.url, "--redis-partitions", "4", "--redis-min-replicas", "1"
+        )
         topic = _topic()
         total = 300
         async with await WsClient.connect(node.ws_url) as c:
