@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck unit venv clean lock
+.PHONY: run test lint typecheck unit venv clean lock system-deps openclaw
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,15 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict dash_stream
 
-unit: $(VENV)/.installed-dev
+# real services the tests start themselves: redis-server (apt or PyPI fallback)
+system-deps: $(VENV)/.installed-dev
+	scripts/ensure-redis.sh $(BIN)
+
+# pinned Node 24 + openclaw for tests/integration (once into .cache/openclaw/, then instant)
+openclaw:
+	bash scripts/ensure-openclaw.sh >/dev/null
+
+unit: $(VENV)/.installed-dev system-deps openclaw
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

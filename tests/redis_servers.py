@@ -83,8 +83,11 @@ class RedisProcess:
             [redis_server_binary(), *self.args], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        _wait(lambda: _ping(self.port) or (self.proc is not None and self.proc.poll() is not None),
-              f"redis on {self.port}", 10)
+        _wait(
+            lambda: _ping(self.port) or (self.proc is not None and self.proc.poll() is not None),
+            f"redis on {self.port}",
+            10,
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"redis-server on {self.port} exited: {self.log_tail()}")
 
@@ -111,8 +114,22 @@ class RedisProcess:
 
 
 def _base_args(port: int, workdir: Path) -> list[str]:
-    return ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir),
-            "--repl-diskless-sync-delay", "0", "--protected-mode", "no"]
+    return [
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--repl-diskless-sync-delay",
+        "0",
+        "--protected-mode",
+        "no",
+    ]
 
 
 @dataclass
@@ -158,7 +175,9 @@ def sentinel(replicas: int = 1, sentinels: int = 3) -> Deployment:
     d.master = master
     for _ in range(replicas):
         port = free_port()
-        rep = RedisProcess(port, [*_base_args(port, d.workdir), "--replicaof", "127.0.0.1", str(mport)], d.workdir)
+        rep = RedisProcess(
+            port, [*_base_args(port, d.workdir), "--replicaof", "127.0.0.1", str(mport)], d.workdir
+        )
         rep.start()
         d.processes.append(rep)
     sports = []
@@ -186,8 +205,15 @@ def cluster(masters: int = 3) -> Deployment:
         port = free_port(55535)
         node_dir = d.workdir / str(port)
         node_dir.mkdir()
-        args = [*_base_args(port, node_dir), "--cluster-enabled", "yes", "--cluster-config-file",
-                f"nodes-{port}.conf", "--cluster-node-timeout", "2000"]
+        args = [
+            *_base_args(port, node_dir),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            f"nodes-{port}.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]
         proc = RedisProcess(port, args, node_dir)
         proc.start()
         d.processes.append(proc)
@@ -206,7 +232,7 @@ def cluster(masters: int = 3) -> Deployment:
     def ok() -> bool:
         info = clients[0].execute_command("CLUSTER", "INFO")
         text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text and "cluster_known_nodes:%d" % masters in text
+        return "cluster_state:ok" in text and f"cluster_known_nodes:{masters}" in text
 
     _wait(ok, "cluster_state:ok", 20)
     for client in clients:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -17,17 +19,18 @@ from dash_stream.bus.base import Bus
 from dash_stream.bus.memory import MemoryBus
 from dash_stream.events import Limits
 from dash_stream.protocol.errors import CloseCode, DashError
-from dash_stream.server import http_api, specs
+from dash_stream.server import http_api, page, specs, swarms
 from dash_stream.server.auth import Authenticator, AuthSettings
 from dash_stream.server.context import ServerContext
 from dash_stream.server.errors import RequestIdMiddleware, error_response, from_dash_error, from_status
 from dash_stream.server.hub import Hub
 from dash_stream.server.limits import KeyedBuckets
-from dash_stream.server.metrics import Metrics
+from dash_stream.server.metrics import HttpMetricsMiddleware, Metrics
 from dash_stream.server.publishing import Publisher
 from dash_stream.server.sse import sse_endpoint
 from dash_stream.server.ws import websocket_endpoint
 from dash_stream.settings import Settings
+from dash_stream.telemetry import start_tracing, tracing_config
 
 log = logging.getLogger("dash_stream.server")
 
@@ -81,6 +84,10 @@ def build_context(settings: Settings, bus: Bus | None = None) -> ServerContext:
     """Everything a server needs, wired together."""
     bus = bus if bus is not None else make_bus(settings)
     metrics = Metrics()
+    metrics.connections_limit.set(settings.max_connections)
+    # OTEL_* variables and --otel/--no-otel; ValueError names a setting the server cannot honour
+    config = tracing_config(os.environ, flag=settings.otel, deliver_ratio=settings.otel_deliver_ratio)
+    tracing = start_tracing(config, metrics.otel)
     limits = Limits(
         max_event_bytes=settings.max_event_bytes,
         max_frame_bytes=settings.max_frame_bytes,
@@ -91,13 +98,26 @@ def build_context(settings: Settings, bus: Bus | None = None) -> ServerContext:
         settings=settings,
         bus=bus,
         metrics=metrics,
-        hub=Hub(bus, metrics, max_replay=settings.max_replay, max_buffer=settings.max_replay),
+        hub=Hub(
+            bus,
+            metrics,
+            max_replay=settings.max_replay,
+            max_buffer=settings.max_replay,
+            tracing=tracing.fan_out if tracing is not None else None,
+        ),
         auth=make_auth(settings),
-        publisher=Publisher(bus, metrics, limits, strict_types=settings.strict_types),
+        publisher=Publisher(
+            bus,
+            metrics,
+            limits,
+            strict_types=settings.strict_types,
+            tracing=tracing.publish if tracing is not None else None,
+        ),
         limits=limits,
         publish_buckets=KeyedBuckets(settings.publish_rate, burst),
         publish_burst=max(1.0, burst),
         connect_buckets=KeyedBuckets(settings.connect_rate_per_ip, settings.connect_burst_per_ip),
+        tracing=tracing,
     )
 
 
@@ -124,22 +144,37 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, *, bus: Bus | None = None) -> Starlette:
     """The ASGI app for `settings`; the lifespan starts the hub and drains on shutdown."""
     ctx = build_context(settings, bus)
+    tracker = ctx.swarms = swarms.make_tracker(ctx)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.dev:
             log.warning("AUTH IS OFF (--dev): every client may publish and subscribe to every topic")
+        if ctx.tracing is not None:
+            log.info("tracing on: %s", ctx.tracing.describe())
         await ctx.hub.start()
+        tracker.start()  # folds the retained history, then follows the hub's live batches
+        embedded_bridge = None
+        if settings.bridge:
+            # imported here, lazily: the bridge package imports dash_stream, never the reverse
+            from bridge.embed import start_embedded
+
+            embedded_bridge = await start_embedded(settings.bridge, ctx.bus, ctx.metrics.registry)
         try:
             yield
         finally:
             ctx.draining = True
+            if embedded_bridge is not None:
+                await embedded_bridge.stop()
             for conn in list(ctx.connections):
                 close = getattr(conn, "close", None)
                 if close is not None:
                     close(CloseCode.GOING_AWAY, "shutdown", flush=True)
             await ctx.hub.stop()
+            await tracker.stop()
             await ctx.bus.close()
+            if ctx.tracing is not None:  # bounded: flushes what it can within the export timeout
+                await asyncio.get_running_loop().run_in_executor(None, ctx.tracing.shutdown)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(specs.openapi())
@@ -158,11 +193,25 @@ def create_app(settings: Settings, *, bus: Bus | None = None) -> Starlette:
             Route("/metrics", http_api.metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/asyncapi.json", asyncapi, methods=["GET"]),
+            Route("/v1/swarms", swarms.list_swarms, methods=["GET"]),
+            Route("/v1/swarms/{swarm_id}", swarms.get_swarm, methods=["GET"]),
+            Route("/", page.index, methods=["GET"]),
+            Route("/web/{name}", page.asset, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(HttpMetricsMiddleware, metrics=ctx.metrics)],
         exception_handlers={HTTPException: _http_error, DashError: _dash_error, Exception: _unexpected},
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+
+    def outbox_depth() -> float:
+        total = 0
+        for conn in list(ctx.connections):
+            wire = getattr(conn, "wire", None)
+            if wire is not None:
+                total += wire.queued_frames()
+        return float(total)
+
+    ctx.metrics.outbox_frames.set_function(outbox_depth)
     app.state.idempotency = http_api.IdempotencyCache(ttl_s=max(600.0, settings.dedup_window_s))
     return app
