@@ -25,15 +25,18 @@ run: $(VENV)/.installed-run
 	$(BIN)/dash-stream serve --dev --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check dash_stream tests loadtest
-	$(BIN)/ruff format --check dash_stream tests loadtest
+	$(BIN)/ruff check dash_stream bridge tests loadtest
+	$(BIN)/ruff format --check dash_stream bridge tests loadtest
 
 typecheck: $(VENV)/.installed-dev
-	$(BIN)/mypy --strict dash_stream
+	$(BIN)/mypy --strict dash_stream bridge
 
-# real services the tests start themselves: redis-server (apt or PyPI fallback)
+# real services the tests start themselves: redis-server (apt or PyPI fallback); promtool (apt);
+# chromium (apt) for the dashboard's browser tests, driven by Playwright (never `playwright install`)
 system-deps: $(VENV)/.installed-dev
 	scripts/ensure-redis.sh $(BIN)
+	scripts/ensure-promtool.sh
+	scripts/ensure-chromium.sh
 
 # pinned Node 24 + openclaw for tests/integration (once into .cache/openclaw/, then instant)
 openclaw:

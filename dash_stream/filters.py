@@ -25,6 +25,7 @@ MAX_DEPTH: Final = 8
 MAX_CONDITIONS: Final = 64
 MAX_LIST_ITEMS: Final = 256
 MAX_DATA_PATH: Final = 32
+MAX_FILTER_BYTES: Final = 16 * 1024  # names and values of one filter; a subscription holds them all
 
 _SEGMENT: Final = re.compile(TOPIC_SEGMENT)
 _ONE: Final = r"[^.]+"
@@ -395,4 +396,30 @@ def compile_where(where: object, path: str = "where") -> Predicate | None:
     """
     if where is None:
         return None
+    if _weight_exceeds(where, MAX_FILTER_BYTES):
+        raise BadRequest(f"{path}: filter larger than {MAX_FILTER_BYTES} bytes of names and values")
     return _compile_filter(where, path, 0, [0])
+
+
+def _weight_exceeds(value: object, limit: int) -> bool:
+    """Whether the strings (by length) and other scalars (8 each) of `value` weigh more than `limit`.
+
+    Iterative, and it stops as soon as the limit is passed: a hostile filter costs at most `limit`.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            total += 8 * len(item)
+            for key, inner in item.items():
+                total += len(key) if isinstance(key, str) else 8
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            total += 8 * len(item)
+            stack.extend(item)
+        else:
+            total += len(item) if isinstance(item, str) else 8
+        if total > limit:
+            return True
+    return False

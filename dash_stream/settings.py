@@ -29,6 +29,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     jwt_audience: str | None = None
     api_keys: tuple[str, ...] = ()
     auth_timeout_s: float = 10.0
+    # per client IP: more than auth_fail_limit failed authentications within auth_fail_window_s lock the
+    # address out (WebSocket close 4029, HTTP 429) for auth_lockout_s; 0 turns the lockout off
+    auth_fail_limit: int = 100
+    auth_fail_window_s: float = 60.0
+    auth_lockout_s: float = 60.0
 
     # retention and dedup (memory bus)
     retention_events: int = 100_000
@@ -52,12 +57,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     connect_rate_per_ip: float = 50.0
     connect_burst_per_ip: float = 200.0
     malformed_limit: int = 10
+    # HTTP/1.1 framing (slowloris): request line and headers must arrive within header_timeout_s and
+    # fit max_header_bytes / max_headers; a body must arrive within body_timeout_s; idle keep-alive
+    # connections close after keep_alive_s
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    keep_alive_s: float = 5.0
 
     # protocol timing
     heartbeat_s: float = 25.0
     sse_keepalive_s: float | None = None  # default: heartbeat_s
     drain_timeout_s: float = 10.0
     strict_types: bool = False
+
+    # tracing (docs/operations.md): None = decided by the OTEL_* variables
+    otel: bool | None = None
+    otel_deliver_ratio: float = 0.01
+
+    # the event bridge, run in this process on this server's bus (a TOML file; see docs/bridge.md)
+    bridge: str | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced (None values are ignored)."""

@@ -24,7 +24,7 @@ class BadCursor(BadRequest):
     """A cursor string that does not parse."""
 
 
-class Cursor(msgspec.Struct, frozen=True):
+class Cursor(msgspec.Struct, frozen=True, gc=False):  # a dict of ints cannot form a cycle
     """A position in the log: the log's epoch and the last seen position per partition."""
 
     epoch: str

@@ -1,10 +1,12 @@
-"""The `dash-stream` command line: serve, publish, tail, token (and bench, bridge as they land)."""
+"""The `dash-stream` command line: serve, publish, tail, token, bench, swarm, events, bridge."""
 
 from __future__ import annotations
 
 import typer
 
-from dash_stream.cli import serve
+from dash_stream.cli import bench, serve, tools
+from dash_stream.cli import events as events_cli
+from dash_stream.cli import swarm as swarm_cli
 
 app = typer.Typer(
     name="dash-stream",
@@ -21,20 +23,18 @@ def _root() -> None:
 
 
 serve.register(app)
+tools.register(app)  # publish, tail, token
+bench.register(app)
+swarm_cli.register(app)  # the live swarm state, with --json output for agents
+events_cli.register(app)  # recent history, with --json output for agents
 
-try:  # commands that live in modules of their own
-    import dash_stream.cli.tools as tools
-
-    tools.register(app)
-except ImportError:  # pragma: no cover - during development only
-    pass
-
-try:
-    import dash_stream.cli.bench as bench
-
-    bench.register(app)
-except ImportError:  # pragma: no cover - during development only
-    pass
+try:  # the event bridge is a package of its own (bridge/ imports dash_stream, never the reverse)
+    import bridge.cli
+except ModuleNotFoundError as e:  # an install without the bridge package; a broken bridge still fails
+    if e.name not in ("bridge", "bridge.cli"):
+        raise
+else:
+    bridge.cli.register(app)
 
 
 def main() -> None:

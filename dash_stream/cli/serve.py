@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -125,9 +126,57 @@ def serve(
     auth_timeout: Annotated[
         float | None, typer.Option(help="Seconds a WebSocket client has to authenticate (close 4501).")
     ] = None,
+    auth_fail_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Failed authentications per client IP within --auth-fail-window before the address is "
+            "locked out (WebSocket 4029, HTTP 429) for --auth-lockout seconds (0: off)."
+        ),
+    ] = None,
+    auth_fail_window: Annotated[
+        float | None, typer.Option(help="Seconds over which failed authentications are counted.")
+    ] = None,
+    auth_lockout: Annotated[
+        float | None, typer.Option(help="Seconds a locked-out client IP is refused.")
+    ] = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds a client has to send a request's headers (408, then close)."),
+    ] = None,
+    body_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a client has to send a request body (408).")
+    ] = None,
+    max_header_bytes: Annotated[
+        int | None, typer.Option(help="Largest request line plus headers (431, then close).")
+    ] = None,
+    max_headers: Annotated[int | None, typer.Option(help="Most request headers (431, then close).")] = None,
+    keep_alive: Annotated[
+        float | None, typer.Option(help="Seconds an idle HTTP keep-alive connection stays open.")
+    ] = None,
     log_format: Annotated[str | None, typer.Option(help="json or text.", envvar="DASH_LOG_FORMAT")] = None,
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning, error.", envvar="DASH_LOG_LEVEL")
+    ] = None,
+    bridge: Annotated[
+        Path | None,
+        typer.Option(help="Run the event bridge in-process on this bus (TOML config).", envvar="DASH_BRIDGE"),
+    ] = None,
+    otel: Annotated[
+        bool | None,
+        typer.Option(
+            "--otel/--no-otel",
+            help="Export traces over OTLP (OTEL_* variables configure it). Default: on when "
+            "OTEL_TRACES_EXPORTER or an OTEL_EXPORTER_OTLP_*ENDPOINT is set; OTEL_SDK_DISABLED=true wins.",
+            envvar="DASH_OTEL",
+        ),
+    ] = None,
+    otel_deliver_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Share (0..1) of per-subscription `deliver` spans recorded; high and critical events "
+            "always get one. Default 0.01.",
+            envvar="DASH_OTEL_DELIVER_RATIO",
+        ),
     ] = None,
 ) -> None:
     """Serve the WebSocket, SSE and HTTP API.
@@ -137,11 +186,14 @@ def serve(
       dash-stream serve --dev                       # local, auth off, memory bus
 
       DASH_JWT_SECRET=$(cat secret) dash-stream serve --host 0.0.0.0 --api-key "$KEY"
+
+      OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318 dash-stream serve --dev   # traces to Jaeger
     """
     import uvicorn
 
     from dash_stream.logs import setup_logging
     from dash_stream.server.app import create_app
+    from dash_stream.server.http_protocol import http_protocol_class
     from dash_stream.server.wire import DashWebSocketProtocol
 
     base: dict[str, Any] = load_file(config) if config is not None else {}
@@ -175,8 +227,19 @@ def serve(
         "connect_burst_per_ip": 2 * connect_rate if connect_rate is not None else None,
         "sse_keepalive_s": sse_keepalive,
         "auth_timeout_s": auth_timeout,
+        "auth_fail_limit": auth_fail_limit,
+        "auth_fail_window_s": auth_fail_window,
+        "auth_lockout_s": auth_lockout,
+        "header_timeout_s": header_timeout,
+        "body_timeout_s": body_timeout,
+        "max_header_bytes": max_header_bytes,
+        "max_headers": max_headers,
+        "keep_alive_s": keep_alive,
         "log_format": log_format,
         "log_level": log_level,
+        "bridge": str(bridge) if bridge is not None else None,
+        "otel": otel,
+        "otel_deliver_ratio": otel_deliver_ratio,
     }
     if flags["jwt_public_key"] and not jwt_algorithm:
         flags["jwt_algorithms"] = ("RS256", "ES256")
@@ -184,6 +247,10 @@ def serve(
         settings = Settings(
             **{k: v for k, v in base.items() if k in Settings.__struct_fields__}
         ).with_overrides(**flags)
+        if settings.bridge:
+            from bridge.embed import check as check_bridge  # lazy: dash_stream never imports bridge eagerly
+
+            check_bridge(settings.bridge)
         app = create_app(settings)
     except (ValueError, TypeError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
@@ -204,7 +271,9 @@ def serve(
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol_class(settings, app.state.ctx.metrics),  # slowloris: header deadline and bounds
         ws=DashWebSocketProtocol,
+        timeout_keep_alive=max(1, round(settings.keep_alive_s)),
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.heartbeat_s,
         ws_ping_timeout=2 * settings.heartbeat_s,
@@ -215,6 +284,12 @@ def serve(
         server_header=False,
         lifespan="on",
     )
+    # Long-lived connection state makes full collections slow (tens of ms at thousands of
+    # connections) while the hot path allocates mostly acyclic, short-lived objects: collect the
+    # old generations rarely, and keep start-up objects out of every collection.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     server = _draining_server(config_, app.state.ctx)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     server.run()

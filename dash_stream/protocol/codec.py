@@ -41,8 +41,7 @@ class Codec:
 
     def decode(self, data: bytes | str) -> ClientFrame:
         """Decode one client frame; BadRequest names the path of what is wrong."""
-        if isinstance(data, str):
-            data = data.encode()
+        data = _utf8(data)
         try:
             return self._decoder.decode(data)
         except msgspec.ValidationError as e:
@@ -50,18 +49,22 @@ class Codec:
         except msgspec.DecodeError as e:
             kind = "MessagePack" if self.binary else "JSON"
             raise BadRequest(f"frame is not valid {kind}: {e}") from None
+        except UnicodeDecodeError:  # msgspec raises it (not a DecodeError) for a string that is not UTF-8
+            raise BadRequest("frame holds a string that is not valid UTF-8") from None
+        except RecursionError:  # msgspec recurses per nesting level: 100k `[` must not escape as a crash
+            raise BadRequest("frame is nested too deeply") from None
 
     def _peek_op(self, data: bytes) -> object:
         try:
             return self._envelope.decode(data).op
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             return None
 
     def correlation_id(self, data: bytes | str) -> str | None:
         """The `id` of a frame that failed to decode, if it has a usable one."""
         try:
-            value = self._envelope.decode(data.encode() if isinstance(data, str) else data).id
-        except msgspec.MsgspecError:
+            value = self._envelope.decode(_utf8(data)).id
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             return None
         return value if isinstance(value, str) and len(value) <= 128 else None
 
@@ -69,8 +72,22 @@ class Codec:
         """Encode a server frame."""
         return self._encoder.encode(frame)
 
-    def events_frame(self, sub: str, records: Sequence[Record], cursor: str) -> bytes:
+    def events_prefix(self, sub: str) -> bytes | None:
+        """The constant start of a subscription's JSON events frames (None for MessagePack)."""
+        if self.binary:
+            return None
+        return b'{"op":"events","sub":' + _json_str(sub) + b',"events":['
+
+    def events_frame(
+        self, sub: str, records: Sequence[Record], cursor: str, prefix: bytes | None = None
+    ) -> bytes:
         """An `events` frame built by splicing each record's encoding made at publish time."""
+        if prefix is not None:
+            if len(records) == 1:
+                return b"".join((prefix, records[0].encoded, b'],"cursor":', _json_str(cursor), b"}"))
+            return b"".join(
+                (prefix, b",".join([r.encoded for r in records]), b'],"cursor":', _json_str(cursor), b"}")
+            )
         if self.binary:
             return self._encoder.encode(
                 Events(sub=sub, events=[msgspec.Raw(r.msgpack) for r in records], cursor=cursor)
@@ -89,6 +106,11 @@ class Codec:
 
 
 _str_encoder = msgspec.json.Encoder()
+
+
+def _utf8(data: bytes | str) -> bytes:
+    """Bytes to decode; a str with a lone surrogate becomes invalid UTF-8, which the decoder refuses."""
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
 
 
 def _json_str(value: str) -> bytes:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from dash_stream.events import EventIn
+from dash_stream.state import SwarmView
 
 CorrelationId = Annotated[str, msgspec.Meta(max_length=128)]
 SubId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -38,6 +39,8 @@ class Subscribe(_Op, tag="subscribe", kw_only=True, frozen=True):
     cursor: str | None = None
     # `from` is a keyword in Python: the wire name is "from"
     from_: Literal["latest", "earliest"] | None = msgspec.field(default=None, name="from")
+    # start with a `snapshot` frame of the live swarm state, then the events after its cursor
+    snapshot: bool = False
 
 
 class Unsubscribe(_Op, tag="unsubscribe", kw_only=True, frozen=True):
@@ -141,4 +144,13 @@ class Events(_Reply, tag="events", kw_only=True):
     cursor: str
 
 
-ServerFrame = Welcome | Authed | Ack | Subscribed | Unsubscribed | Pong | Error | Events
+class Snapshot(_Reply, tag="snapshot", kw_only=True):
+    """The live swarm state of a `snapshot: true` subscription, sent after `subscribed` and before
+    its events; the events that follow are exactly those after `cursor`."""
+
+    sub: str
+    cursor: str
+    swarms: list[SwarmView]
+
+
+ServerFrame = Welcome | Authed | Ack | Subscribed | Unsubscribed | Pong | Error | Events | Snapshot

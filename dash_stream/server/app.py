@@ -24,7 +24,7 @@ from dash_stream.server.auth import Authenticator, AuthSettings
 from dash_stream.server.context import ServerContext
 from dash_stream.server.errors import RequestIdMiddleware, error_response, from_dash_error, from_status
 from dash_stream.server.hub import Hub
-from dash_stream.server.limits import KeyedBuckets
+from dash_stream.server.limits import FailureLockout, KeyedBuckets
 from dash_stream.server.metrics import HttpMetricsMiddleware, Metrics
 from dash_stream.server.publishing import Publisher
 from dash_stream.server.sse import sse_endpoint
@@ -118,6 +118,9 @@ def build_context(settings: Settings, bus: Bus | None = None) -> ServerContext:
         publish_burst=max(1.0, burst),
         connect_buckets=KeyedBuckets(settings.connect_rate_per_ip, settings.connect_burst_per_ip),
         tracing=tracing,
+        auth_lockout=FailureLockout(
+            settings.auth_fail_limit, settings.auth_fail_window_s, settings.auth_lockout_s
+        ),
     )
 
 

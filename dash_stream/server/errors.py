@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dash_stream.protocol.errors import DashError, ErrorCode
+from dash_stream.telemetry.logcontext import caller_traceparent
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -67,13 +68,16 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = ""
+        traceparent: str | None = None
         for name, value in scope.get("headers", []):
             if name == b"x-request-id":
-                rid = value.decode("latin-1")
-                break
+                rid = rid or value.decode("latin-1")
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")
         if not _VALID_ID.match(rid):
             rid = uuid.uuid4().hex
         token = request_id_var.set(rid)
+        trace_token = caller_traceparent.set(traceparent)  # log lines carry the caller's trace ids
         raw = rid.encode()
 
         async def send_with_id(message: Message) -> None:
@@ -87,3 +91,4 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+            caller_traceparent.reset(trace_token)

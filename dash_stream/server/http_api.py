@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from dash_stream.bus.base import Record
@@ -110,6 +110,10 @@ def parse_events(body: bytes, content_type: str) -> tuple[list[EventIn], bool]:
         raise _Unprocessable(_path(e)) from None
     except msgspec.DecodeError as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
+    except UnicodeDecodeError:  # msgspec raises it (not a DecodeError) for a string that is not UTF-8
+        raise BadRequest("body is not valid JSON: a string is not valid UTF-8") from None
+    except RecursionError:  # msgspec recurses per nesting level: deep nesting must not become a 500
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
 
 
 class IdempotencyCache:
@@ -162,26 +166,35 @@ class IdempotencyCache:
             self._items.popitem(last=False)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes (checked while streaming)."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (checked while streaming), and with 408
+    when it has not all arrived within `timeout_s` (a slow body must not hold the request forever)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise TooLarge(f"body of {length} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(f"request body not received within {timeout_s:g} s", status=408) from None
+    except ClientDisconnect:  # gone mid-body: nobody to answer, and nothing worth a traceback
+        raise BadRequest("client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
 def principal_of(ctx: ServerContext, request: Request) -> Principal:
-    """The caller: dev principal when auth is off, else the verified bearer token or API key."""
-    if not ctx.auth.enabled:
-        return ctx.auth.dev_principal()
-    return ctx.auth.verify_bearer(request.headers.get("authorization"))
+    """The caller: dev principal when auth is off, else the verified bearer token or API key.
+
+    A client address locked out after too many failed authentications gets `rate_limited` (429).
+    """
+    client = request.client.host if request.client else "?"
+    return ctx.verify_bearer(request.headers.get("authorization"), client)
 
 
 async def publish_events(request: Request) -> Response:
@@ -189,7 +202,7 @@ async def publish_events(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     try:
         principal = principal_of(ctx, request)
-        body = await read_body(request, ctx.settings.max_body_bytes)
+        body = await read_body(request, ctx.settings.max_body_bytes, ctx.settings.body_timeout_s)
         events, single = parse_events(body, request.headers.get("content-type", "application/json"))
         key = request.headers.get("idempotency-key")
         cache: IdempotencyCache = request.app.state.idempotency
@@ -227,13 +240,17 @@ async def _publish(
             events,
             path="event" if single else "events",
             single=single,
-            traceparent=None,
-            tracestate=None,
+            traceparent=request.headers.get("traceparent"),
+            tracestate=request.headers.get("tracestate"),
         )
     except BadRequest as e:  # the body parsed: a failed check is 422, not 400 (PROTOCOL.md 5)
         raise _Unprocessable(e.message) from None
     # rate limits count only events that passed validation and authorization
-    ctx.check_publish_rate(principal, len(events), request.client.host if request.client else "?")
+    try:
+        ctx.check_publish_rate(principal, len(events), request.client.host if request.client else "?")
+    except DashError as e:
+        ctx.publisher.abandon(items, e)
+        raise
     published = await ctx.publisher.append(items, "http")
     doc = {
         "accepted": len(published),
@@ -329,6 +346,7 @@ async def readyz(request: Request) -> Response:
     except Exception:
         ok = False
     if not ok:
+        ctx.metrics.bus_unavailable.labels("ready").inc()
         return from_dash_error(_unavailable("event bus not reachable"))
     return JSONResponse({"status": "ready"})
 

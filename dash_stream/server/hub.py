@@ -24,6 +24,7 @@ from dash_stream.bus.base import Bus, Lagged, Record
 from dash_stream.bus.cursor import BadCursor, Cursor, decode_cursor
 from dash_stream.filters import ALL_TOPICS, Predicate, TopicSet
 from dash_stream.server.metrics import Metrics
+from dash_stream.telemetry.hooks import FanOutTracing
 
 log = logging.getLogger("dash_stream.hub")
 
@@ -47,12 +48,26 @@ class Subscriber(Protocol):
         ...
 
 
+class BatchObserver(Protocol):
+    """Something that sees every live batch before it is routed (the swarm state fold)."""
+
+    def observe(self, batch: list[Record]) -> None:
+        """Take one live batch; never block, never raise."""
+        ...
+
+    def live_restarted(self) -> None:
+        """The live reader (re)starts: records may have been missed since the last batch."""
+        ...
+
+
 class Subscription:
     """One subscription of one connection."""
 
     __slots__ = (
+        "_cursor",
+        "_cursor_text",
         "buffer",
-        "cursor",
+        "frame_prefix",
         "last_sent",
         "max_buffer",
         "overflowed",
@@ -70,26 +85,58 @@ class Subscription:
         self.sub_id = sub_id
         self.topics = topics
         self.where = where
-        self.cursor: Cursor | None = None
+        self._cursor: Cursor | None = None
+        self._cursor_text: str | None = None
+        self.frame_prefix: bytes | None = None  # the owner's cached start of this sub's events frames
         self.buffer: list[Record] | None = []  # None once live
         self.max_buffer = max_buffer
         self.overflowed = False
         self.skipped: Record | None = None  # newest record the filter skipped since the last frame
         self.last_sent = time.monotonic()
 
+    @property
+    def cursor(self) -> Cursor | None:
+        """Where the subscription is: past every record delivered (or skipped and advanced)."""
+        return self._cursor
+
+    @cursor.setter
+    def cursor(self, value: Cursor | None) -> None:
+        self._cursor = value
+        self._cursor_text = None
+
+    @property
+    def cursor_text(self) -> str:
+        """The cursor's string form, encoded once per change."""
+        text = self._cursor_text
+        if text is None:
+            assert self._cursor is not None
+            text = self._cursor_text = self._cursor.encode()
+        return text
+
     def advance_to(self, rec: Record) -> None:
         """Move the cursor past `rec`."""
         assert self.cursor is not None
         self.cursor = self.cursor.advanced(rec.partition, rec.position)
 
-    def advance_through(self, records: list[Record]) -> None:
-        """Move the cursor past every record of a frame."""
-        assert self.cursor is not None
-        if len(records) == 1 or all(r.partition == records[0].partition for r in records):
-            last = records[-1]
-            self.cursor = self.cursor.advanced(last.partition, last.position)
+    def advance_through(self, records: list[Record]) -> str:
+        """Move the cursor past every record of a frame; the new cursor's string form."""
+        cursor = self._cursor
+        assert cursor is not None
+        last = records[-1]
+        positions = cursor.positions
+        one_partition = len(records) == 1 or all(r.partition == last.partition for r in records)
+        if one_partition and len(positions) == 1 and last.partition in positions:
+            # one partition (the memory bus, or topics on one Redis stream): the last record's own
+            # offset is exactly the new cursor, no encoding needed
+            if last.position > positions[last.partition]:
+                self._cursor = Cursor(cursor.epoch, {last.partition: last.position})
+                self._cursor_text = last.offset
+            return self.cursor_text
+        if one_partition:
+            self.cursor = cursor.advanced(last.partition, last.position)
         else:
-            self.cursor = advance_through(self.cursor, records)
+            self.cursor = advance_through(cursor, records)
+        return self.cursor_text
 
 
 class Recovery(msgspec.Struct, frozen=True):
@@ -133,6 +180,9 @@ def past_cursor(cursor: Cursor | None, records: list[Record]) -> list[Record]:
     if cursor is None:
         return records
     positions = cursor.positions
+    if len(records) == 1:
+        rec = records[0]
+        return records if rec.position > positions.get(rec.partition, -1) else []
     if all(r.position > positions.get(r.partition, -1) for r in records):
         return records
     return [r for r in records if r.position > positions.get(r.partition, -1)]
@@ -142,16 +192,28 @@ class Hub:
     """Routes bus batches to subscriptions; see the module docstring."""
 
     def __init__(
-        self, bus: Bus, metrics: Metrics, *, max_replay: int = 100_000, max_buffer: int = 100_000
+        self,
+        bus: Bus,
+        metrics: Metrics,
+        *,
+        max_replay: int = 100_000,
+        max_buffer: int = 100_000,
+        tracing: FanOutTracing | None = None,
     ) -> None:
         self.bus = bus
         self.metrics = metrics
+        self.tracing = tracing  # None when tracing is off: the fan-out then pays one check per batch
         self.max_replay = max_replay
         self.max_buffer = max_buffer
         self._subs: set[Subscription] = set()
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._observers: list[BatchObserver] = []
         self.running = False
+
+    def add_observer(self, observer: BatchObserver) -> None:
+        """Show `observer` every live batch (before routing) and every restart of the live reader."""
+        self._observers.append(observer)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -262,6 +324,8 @@ class Hub:
     async def _run(self) -> None:
         backoff = 0.05
         while self.running:
+            for observer in self._observers:
+                observer.live_restarted()
             try:
                 async for batch in self.bus.live(ALL_TOPICS):
                     self.dispatch(batch)
@@ -274,7 +338,14 @@ class Hub:
                 for owner in {s.owner for s in self._subs}:
                     owner.lost("lagged")
             except Exception:
-                log.exception("live reader failed; retrying in %.2fs", backoff)
+                self.metrics.bus_unavailable.labels("live").inc()
+                log.exception(
+                    "live reader failed; closing subscribers so they resume, retrying in %.2fs", backoff
+                )
+                # the restarted reader starts from now: whatever came in between would be missed
+                for owner in {s.owner for s in self._subs}:
+                    with contextlib.suppress(Exception):
+                        owner.lost("bus_error")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             else:
@@ -290,6 +361,11 @@ class Hub:
 
     def dispatch(self, batch: list[Record]) -> None:
         """Route one batch: each subscription gets its matching records in one `deliver` call."""
+        for observer in self._observers:
+            try:
+                observer.observe(batch)
+            except Exception:  # the fold must never stop the fan-out
+                log.exception("batch observer failed")
         touched: dict[Subscription, list[Record]] = {}
         routes = self._routes
         for rec in batch:
@@ -309,6 +385,15 @@ class Hub:
         self.metrics.events_out.inc(len(batch))
         if not touched:
             return
+        if self.tracing is None:
+            delivered = self.hand_over_all(touched)
+        else:
+            delivered = self.tracing.fan_out(batch, touched, self.hand_over_all)
+        self.metrics.deliveries.inc(delivered)
+        self.metrics.publish_to_deliver.observe(max(0.0, time.time() - batch[0].published_at))
+
+    def hand_over_all(self, touched: dict[Subscription, list[Record]]) -> int:
+        """Buffer (while recovering) or deliver each subscription's records; how many were delivered."""
         delivered = 0
         for s, recs in touched.items():
             buffer = s.buffer
@@ -329,8 +414,7 @@ class Hub:
                     s.owner.lost("delivery failed")
                 continue
             delivered += len(recs)
-        self.metrics.deliveries.inc(delivered)
-        self.metrics.publish_to_deliver.observe(max(0.0, time.time() - batch[0].published_at))
+        return delivered
 
     async def _tick(self) -> None:
         """Send advanced cursors to filtered subscriptions at most once a second (PROTOCOL section 2)."""

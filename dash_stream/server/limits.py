@@ -136,3 +136,59 @@ def check(wait_s: float, what: str) -> None:
         raise TooLarge(f"{what}: request exceeds the rate limit burst")
     retry_ms = math.ceil(wait_s * 1000)
     raise RateLimited(f"{what}: rate limit exceeded, retry in {retry_ms} ms", retry_after_ms=retry_ms)
+
+
+class FailureLockout:
+    """Locks a key (a client IP) out for `cooldown_s` once it fails more than `limit` times in `window_s`.
+
+    Failures drain a token bucket per key (`KeyedBuckets`: `limit` failures, refilled at
+    `limit / window_s` per second), so a client that fails now and then is never locked out, while
+    one that guesses credentials is. Both the buckets and the lockouts are bounded by `max_keys`
+    (least recently used evicted first). A `limit` of 0 or less turns the lockout off.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window_s: float,
+        cooldown_s: float,
+        *,
+        max_keys: int = 100_000,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        """Create an empty lockout table; ValueError for a window or cooldown that cannot work."""
+        self.enabled = limit > 0
+        if self.enabled and not (window_s > 0 and cooldown_s > 0):
+            raise ValueError("an auth failure lockout needs a window and a cooldown > 0 seconds")
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._max_keys = max_keys
+        rate = limit / window_s if self.enabled else 0.0
+        self._failures = KeyedBuckets(rate, max(1.0, float(limit)), max_keys=max_keys, clock=clock)
+        self._locked: OrderedDict[str, float] = OrderedDict()
+
+    def failed(self, key: str) -> float:
+        """Count one failure of `key`; the seconds it is now locked out for (0.0: not locked)."""
+        if not self.enabled:
+            return 0.0
+        if self._failures.take(key) > 0:
+            self._locked[key] = self._clock() + self._cooldown_s
+            self._locked.move_to_end(key)
+            while len(self._locked) > self._max_keys:
+                self._locked.popitem(last=False)
+        return self.locked(key)
+
+    def locked(self, key: str) -> float:
+        """Seconds until `key` may authenticate again (0.0 when it is not locked out)."""
+        until = self._locked.get(key)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._locked[key]
+            return 0.0
+        return left
+
+    def __len__(self) -> int:
+        """Keys currently locked out (expired entries may linger until looked up)."""
+        return len(self._locked)

@@ -10,6 +10,7 @@ import msgspec
 from dash_stream import __version__
 from dash_stream.events import Event, EventIn
 from dash_stream.protocol import frames as f
+from dash_stream.state import SwarmView
 
 _REF = "#/components/schemas/{name}"
 
@@ -53,11 +54,73 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+def _swarm_list_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["swarms", "cursor", "time"],
+        "properties": {
+            "swarms": {"type": "array", "items": {"$ref": _REF.format(name="SwarmView")}},
+            "cursor": {"type": "string", "description": "the fold position the state is taken at"},
+            "time": {"type": "number", "description": "server time (unix seconds) the rates end at"},
+        },
+    }
+
+
+def _swarm_paths() -> dict[str, Any]:
+    """`GET /v1/swarms` and `GET /v1/swarms/{swarm_id}`: the live swarm state (docs/protocol.md 8)."""
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    agents = {
+        "name": "agents",
+        "in": "query",
+        "schema": {"type": "boolean", "default": True},
+        "description": "false leaves each swarm's agent list empty (counts stay)",
+    }
+    one = {
+        "allOf": [
+            {"$ref": _REF.format(name="SwarmView")},
+            {"type": "object", "required": ["cursor"], "properties": {"cursor": {"type": "string"}}},
+        ]
+    }
+    return {
+        "/v1/swarms": {
+            "get": {
+                "summary": "The live state of every swarm the caller may subscribe to (swarm.<id>.>)",
+                "security": bearer,
+                "parameters": [agents],
+                "responses": {
+                    "200": {
+                        "description": "swarms",
+                        "content": {"application/json": {"schema": {"$ref": _REF.format(name="SwarmList")}}},
+                    },
+                    **_errors(400, 401, 503),
+                },
+            }
+        },
+        "/v1/swarms/{swarm_id}": {
+            "get": {
+                "summary": "The live state of one swarm; 404 when none of its events is retained",
+                "security": bearer,
+                "parameters": [
+                    {"name": "swarm_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    agents,
+                ],
+                "responses": {
+                    "200": {"description": "swarm", "content": {"application/json": {"schema": one}}},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            }
+        },
+    }
+
+
 @cache
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API."""
-    (event_in, event), components = msgspec.json.schema_components([EventIn, Event], ref_template=_REF)
+    (event_in, event, _), components = msgspec.json.schema_components(
+        [EventIn, Event, SwarmView], ref_template=_REF
+    )
     components["Error"] = _error_schema()
+    components["SwarmList"] = _swarm_list_schema()
     components["Batch"] = {
         "type": "object",
         "required": ["events"],
@@ -194,6 +257,7 @@ def openapi() -> dict[str, Any]:
                     "responses": {"200": {"description": "ready"}, **_errors(503)},
                 }
             },
+            **_swarm_paths(),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
@@ -213,7 +277,7 @@ def openapi() -> dict[str, Any]:
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of `/v1/ws`."""
     client = [f.Auth, f.Refresh, f.Subscribe, f.Unsubscribe, f.Publish, f.Ping]
-    server = [f.Welcome, f.Authed, f.Ack, f.Subscribed, f.Unsubscribed, f.Pong, f.Error, f.Events]
+    server = [f.Welcome, f.Authed, f.Ack, f.Subscribed, f.Unsubscribed, f.Pong, f.Error, f.Events, f.Snapshot]
     schemas, components = msgspec.json.schema_components(client + server, ref_template=_REF)
     messages = {
         t.__name__: {"name": t.__name__.lower(), "payload": s}

@@ -52,7 +52,9 @@ class SseConnection:
             assert sub.cursor is not None
             parts.append(b"id: %s\ndata: %s\n\n" % (sub.cursor.encode().encode(), rec.encoded))
         self._push(b"".join(parts))
-        self.ctx.metrics.frames_out.labels("sse").inc()
+        tally = self.ctx.metrics.tally
+        tally.sse_frames += 1
+        tally.sse_bytes += sum(len(p) for p in parts)
 
     def advance(self, sub: Subscription) -> None:
         """A message with only an id moves the client's Last-Event-ID past filtered events."""
@@ -73,9 +75,8 @@ async def sse_endpoint(request: Request) -> Response:
     """`GET /v1/sse?topics=a.*,b.>&where=<json>` with `Last-Event-ID` or `?cursor=` to resume."""
     ctx: ServerContext = request.app.state.ctx
     try:
-        principal = (
-            ctx.auth.verify_bearer(_authorization(request)) if ctx.auth.enabled else ctx.auth.dev_principal()
-        )
+        client = request.client.host if request.client else "?"
+        principal = ctx.verify_bearer(_authorization(request), client)
         raw_topics = request.query_params.get("topics") or ""
         topics = TopicSet([t for t in raw_topics.split(",") if t], path="topics")
         for pattern in topics.patterns:

@@ -28,12 +28,14 @@ from dash_stream.protocol.errors import (
     NotFound,
     TooLarge,
     Unauthorized,
+    Unavailable,
     close_reason,
 )
 from dash_stream.server.auth import Principal
 from dash_stream.server.context import ServerContext
 from dash_stream.server.hub import Subscription
 from dash_stream.server.limits import TokenBucket
+from dash_stream.server.swarms import subscription_snapshot
 from dash_stream.server.wire import AsgiWire, DashWebSocketProtocol, Wire
 
 log = logging.getLogger("dash_stream.ws")
@@ -95,6 +97,11 @@ class Connection:
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False
         self.client = websocket.client.host if websocket.client else "?"
+        self.tally = ctx.metrics.tally
+        self.frame_max_events = s.frame_max_events
+        # the handshake's trace context: the parent of this connection's publishes (an event's own wins)
+        self.traceparent = websocket.headers.get("traceparent")
+        self.tracestate = websocket.headers.get("tracestate")
 
     # ------------------------------------------------------------ sending
 
@@ -142,14 +149,19 @@ class Connection:
         """Send a subscription's records as events frames, each carrying the cursor after it."""
         if self.closed:
             return
-        metrics = self.ctx.metrics
-        for chunk in chunks(records, self.ctx.settings.frame_max_events, self.codec.binary):
-            sub.advance_through(chunk)
-            assert sub.cursor is not None
-            data = self.codec.events_frame(sub.sub_id, chunk, sub.cursor.encode())
-            self._send_bytes(data)
-            metrics.frames_out.labels("ws").inc()
-            metrics.bytes_out.labels("ws").inc(len(data))
+        tally = self.tally
+        codec = self.codec
+        prefix = sub.frame_prefix
+        if prefix is None:
+            prefix = sub.frame_prefix = codec.events_prefix(sub.sub_id)
+        for chunk in chunks(records, self.frame_max_events, codec.binary):
+            cursor = sub.advance_through(chunk)
+            data = codec.events_frame(sub.sub_id, chunk, cursor, prefix)
+            if not self.wire.send_frame(data, codec.binary):
+                self.slow()
+                return
+            tally.ws_frames += 1
+            tally.ws_bytes += len(data)
         sub.last_sent = time.monotonic()
         skipped = sub.skipped
         # a record skipped after the last one delivered (same batch) still needs its cursor advance
@@ -163,7 +175,7 @@ class Connection:
     def advance(self, sub: Subscription) -> None:
         """An events frame with no events: the filtered subscription's cursor moved on."""
         assert sub.cursor is not None
-        self._send_bytes(self.codec.events_frame(sub.sub_id, [], sub.cursor.encode()))
+        self._send_bytes(self.codec.events_frame(sub.sub_id, [], sub.cursor_text))
 
     def lost(self, reason: str) -> None:
         """The hub lost events: the client must resume from its cursor."""
@@ -195,6 +207,7 @@ class Connection:
                 try:
                     self._set_principal(ctx.auth.verify_token(token))
                 except Unauthorized as e:
+                    ctx.auth_failed(self.client, "ws")
                     self.close(CloseCode.UNAUTHORIZED, e.message)
                     return
             else:
@@ -285,7 +298,12 @@ class Connection:
         if not ctx.auth.enabled:
             principal = ctx.auth.dev_principal()
         else:
-            principal = ctx.auth.verify_token(frame.token)
+            ctx.check_auth_lockout(self.client)
+            try:
+                principal = ctx.auth.verify_token(frame.token)
+            except Unauthorized:
+                ctx.auth_failed(self.client, "ws")
+                raise
             if (
                 isinstance(frame, f.Refresh)
                 and self.principal is not None
@@ -298,13 +316,31 @@ class Connection:
                 and principal.sub != self.principal.sub
             ):
                 raise Forbidden("connection is already authenticated as another subject")
+            # every live subscription must stay covered: a narrower token must not keep wider streams
+            for sub in self.subs.values():
+                for pattern in sub.topics.patterns:
+                    if not principal.can_subscribe(pattern):
+                        raise Forbidden(
+                            f"token does not allow {pattern} of subscription {sub.sub_id!r}: unsubscribe it"
+                        )
         self._set_principal(principal)
         self.send(f.Authed(id=frame.id, sub=principal.sub, exp=int(principal.exp) if principal.exp else None))
 
     async def _publish(self, frame: f.Publish, principal: Principal) -> None:
         ctx = self.ctx
-        items = ctx.publisher.prepare(principal, [frame.event], path="event", single=True)
-        ctx.check_publish_rate(principal, 1, self.client, self.bucket)
+        items = ctx.publisher.prepare(
+            principal,
+            [frame.event],
+            path="event",
+            single=True,
+            traceparent=self.traceparent,
+            tracestate=self.tracestate,
+        )
+        try:
+            ctx.check_publish_rate(principal, 1, self.client, self.bucket)
+        except DashError as e:
+            ctx.publisher.abandon(items, e)
+            raise
         published = await ctx.publisher.append(items, "ws")
         self.send(f.Ack(id=frame.id, offset=published[0].offset, duplicate=published[0].duplicate))
 
@@ -316,15 +352,23 @@ class Connection:
             raise TooLarge(f"sub: at most {ctx.settings.max_subscriptions} subscriptions per connection")
         if frame.cursor is not None and frame.from_ is not None:
             raise BadRequest("subscribe: send either 'cursor' or 'from', not both")
+        if frame.snapshot and (frame.cursor is not None or frame.from_ is not None):
+            raise BadRequest(
+                "subscribe: 'snapshot' starts at the snapshot's cursor; send no 'cursor' or 'from'"
+            )
         topics = TopicSet(frame.topics, path="topics")
         for pattern in topics.patterns:
             if not principal.can_subscribe(pattern):
                 raise Forbidden(f"topics: subscribe to {pattern} not allowed")
         where = compile_where(frame.where, "where")
+        snapshot = None
+        if frame.snapshot:  # the state at the fold position F; the subscription resumes from F
+            snapshot = await subscription_snapshot(ctx, principal, topics, ctx.settings.outbox_max_bytes // 2)
+        start = snapshot.cursor.encode() if snapshot is not None else frame.cursor
         sub = Subscription(self, frame.sub, topics, where, ctx.settings.max_replay)
         self.subs[frame.sub] = sub
         try:
-            recovery = await ctx.hub.attach(sub, cursor=frame.cursor, earliest=frame.from_ == "earliest")
+            recovery = await ctx.hub.attach(sub, cursor=start, earliest=frame.from_ == "earliest")
         except OverflowError:
             self.subs.pop(frame.sub, None)
             self.slow()
@@ -335,6 +379,12 @@ class Connection:
         if self.closed or self.subs.get(frame.sub) is not sub:
             ctx.hub.remove(sub)
             return
+        if snapshot is not None and not recovery.recovered:  # e.g. the log was reset meanwhile
+            self.subs.pop(frame.sub, None)
+            ctx.hub.remove(sub)
+            raise Unavailable(
+                f"snapshot: its position cannot be resumed ({recovery.reason}); retry", retry_after_ms=500
+            )
         # no await from here on: the subscription is live and must see replay before live events
         self.send(
             f.Subscribed(
@@ -346,11 +396,18 @@ class Connection:
                 reason=recovery.reason,
             )
         )
+        if snapshot is not None:
+            self.send(f.Snapshot(sub=frame.sub, cursor=start or "", swarms=snapshot.swarms))
+        final = sub.cursor
         if recovery.replay or recovery.pending:
-            final = sub.cursor
             sub.cursor = recovery.cursor
             self.deliver(sub, recovery.replay + recovery.pending)
-            sub.cursor = final if final is not None else sub.cursor
+            sent = sub.cursor
+            if final is not None and sent is not None and final != sent:
+                sub.cursor = final.merged(sent)
+                self.advance(sub)  # history after the last match was filtered out: skip it too
+        elif final is not None and final != recovery.cursor:
+            self.advance(sub)
 
     def _unsubscribe(self, frame: f.Unsubscribe) -> None:
         sub = self.subs.pop(frame.sub, None)
@@ -395,6 +452,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             conn.wire.force_close(
                 CloseCode.RATE_LIMITED,
                 close_reason(CloseCode.RATE_LIMITED, retry_after_ms=int(wait * 1000) + 1),
+            )
+            return
+        locked = ctx.auth_lockout.locked(client_ip) if ctx.auth.enabled else 0.0
+        if locked > 0:  # too many failed authentications from this address: refused before any work
+            metrics.rate_limited.labels("auth").inc()
+            conn.wire.force_close(
+                CloseCode.RATE_LIMITED,
+                close_reason(CloseCode.RATE_LIMITED, retry_after_ms=int(locked * 1000) + 1),
             )
             return
         if len(ctx.connections) >= settings.max_connections:

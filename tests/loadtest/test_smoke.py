@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import ServerFactory, ServerProcess
+from servers import ServerFactory, ServerProcess
 
 from dash_stream import bench
 

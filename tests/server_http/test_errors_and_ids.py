@@ -292,4 +292,5 @@ async def test_asyncapi_lists_every_op(http: httpx.AsyncClient) -> None:
         "pong",
         "error",
         "events",
+        "snapshot",
     }

@@ -1,0 +1,1 @@
+"""Tests of the event buses (one conformance suite run against every Bus)."""

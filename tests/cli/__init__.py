@@ -1,0 +1,1 @@
+"""Tests of `dash-stream publish`, `tail` and `token`, run as subprocesses against real servers."""

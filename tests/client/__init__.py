@@ -1,0 +1,1 @@
+"""Tests of the Python SDK (`dash_stream.client`) against real `dash-stream serve` processes."""

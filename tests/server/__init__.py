@@ -1,0 +1,1 @@
+"""Tests that drive a real `dash-stream serve` over WebSocket."""
