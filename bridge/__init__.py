@@ -1,0 +1,1 @@
+"""dash-stream event bridge."""
