@@ -6,6 +6,9 @@
 
 Exit status: 0 done, 1 a runtime failure (source refused the credentials, state unusable, a
 replay that failed), 2 a configuration error (the message names the key).
+
+`run` and `dlq replay` trace as the standard `OTEL_*` variables say (service name `dash-bridge`
+unless `OTEL_SERVICE_NAME` is set); tracing off, missing or failing never stops them.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 import logging.config
+import os
 import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
@@ -26,7 +30,15 @@ import typer
 from bridge.config import BridgeConfig, load_config
 from bridge.errors import BridgeError, ConfigError, SourceError, StateError
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from bridge.runner import Bridge
+    from dash_stream.telemetry import Tracing
+
 log = logging.getLogger("bridge")
+
+SERVICE_NAME = "dash-bridge"
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The bridge's TOML file.", envvar="DASH_BRIDGE_CONFIG")
@@ -49,6 +61,27 @@ def _setup_logging(fmt: str, level: str) -> None:
     from dash_stream.logs import setup_logging
 
     logging.config.dictConfig(setup_logging(fmt, level))
+
+
+def _start_tracing(registry: CollectorRegistry) -> Tracing | None:
+    """A tracer provider from `OTEL_*` (None when tracing is off or cannot start); ConfigError for a
+    value that cannot be honoured. Its span counters go to `registry`."""
+    from dash_stream.telemetry import SpanCounters, start_tracing, tracing_config
+
+    try:
+        config = tracing_config(os.environ)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    running = start_tracing(config, SpanCounters(registry), service_name=SERVICE_NAME)
+    if running is not None:
+        log.info("tracing on: %s", running.describe())
+    return running
+
+
+async def _stop_tracing(running: Tracing | None) -> None:
+    """Flush what can be flushed within the exporter's shutdown timeout (never hangs)."""
+    if running is not None:
+        await asyncio.to_thread(running.shutdown)
 
 
 # ---------------------------------------------------------------- run / check
@@ -76,9 +109,22 @@ def run(
 
 
 async def _run(config: BridgeConfig, dry_run: bool) -> None:
-    from bridge.runner import Bridge
+    from prometheus_client import CollectorRegistry
 
-    bridge = Bridge(config, dry_run=dry_run)
+    from bridge.runner import Bridge
+    from dash_stream.telemetry import bridge_tracing
+
+    registry = CollectorRegistry(auto_describe=True)
+    running = None if dry_run else _start_tracing(registry)  # a dry run forwards nothing: no spans
+    try:
+        bridge = Bridge(config, dry_run=dry_run, registry=registry, tracing=bridge_tracing(running))
+        await _run_bridge(bridge)
+    finally:
+        await _stop_tracing(running)  # after the bridge stopped: its last spans are flushed
+
+
+async def _run_bridge(bridge: Bridge) -> None:
+    config, dry_run = bridge.config, bridge.dry_run
     metrics_server = None
     if config.metrics.listen and not dry_run:
         from prometheus_client import start_http_server
@@ -230,13 +276,22 @@ def dlq_replay(
 
 
 async def _replay(cfg: BridgeConfig, ids: list[str]) -> int:
+    from prometheus_client import CollectorRegistry
+
     from bridge.clock import SystemClock
     from bridge.dispatch import RetryPolicy, send_with_retries
     from bridge.dlq import JsonlDeadLetterQueue
     from bridge.sinks import make_sinks
+    from dash_stream.telemetry import bridge_tracing
 
     queue = JsonlDeadLetterQueue(cfg.dlq_path, max_entries=cfg.dlq.max_entries)
-    sinks = make_sinks(cfg)
+    running = _start_tracing(CollectorRegistry(auto_describe=True))
+    tracing = bridge_tracing(running)
+    try:
+        sinks = make_sinks(cfg, tracing=tracing)
+    except BaseException:
+        await _stop_tracing(running)
+        raise
     clock = SystemClock()
     failed = 0
     try:
@@ -247,7 +302,7 @@ async def _replay(cfg: BridgeConfig, ids: list[str]) -> int:
                 failed += 1
                 continue
             attempted = await send_with_retries(
-                sink, entry.message, RetryPolicy.of(cfg.receiver(sink.name)), clock
+                sink, entry.message, RetryPolicy.of(cfg.receiver(sink.name)), clock, tracing=tracing
             )
             if attempted.result.ok:
                 queue.remove([entry.id])
@@ -270,6 +325,7 @@ async def _replay(cfg: BridgeConfig, ids: list[str]) -> int:
     finally:
         for sink in sinks.values():
             await sink.close()
+        await _stop_tracing(running)
     return failed
 
 

@@ -11,6 +11,9 @@
   shorter than the server's `Retry-After` (capped by `max_retry_after`), up to `max_attempts`
   attempts within `retry_for`. A 413 splits the message in halves once more; other answers
   (400, 401, 403, 404, ...) are final. What still fails goes to the dead-letter queue.
+- Tracing: each message's delivery (every attempt and backoff) runs inside a `forward <topic>`
+  span (one event, a child of its `send` span) or a `digest <route>` span (linking every source);
+  the sink's request spans (one per attempt) nest in it. A no-op when tracing is off.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 from bridge.clock import Clock
@@ -29,7 +33,9 @@ from bridge.errors import StateError
 from bridge.metrics import BridgeMetrics
 from bridge.model import Message
 from bridge.render import split_message
-from bridge.sinks.base import SendResult, Sink
+from bridge.sinks.base import SendResult, Sink, attempt_scope
+from dash_stream.telemetry import NOOP_BRIDGE_TRACING, BridgeSpan, BridgeTracing
+from dash_stream.telemetry import names as span_names
 
 log = logging.getLogger("bridge.dispatch")
 
@@ -73,6 +79,30 @@ class Attempted(NamedTuple):
     reason: str  # "ok", "http_<status>", "retries_exhausted"
 
 
+def trace_message(
+    tracing: BridgeTracing, message: Message, receiver: str
+) -> AbstractContextManager[BridgeSpan]:
+    """The span of one message's delivery: `forward <topic>` for a single event, else `digest <route>`."""
+    sources = message.sources
+    if len(sources) == 1 and message.count == 1:
+        src = sources[0]
+        return tracing.forward(
+            src.traceparent,
+            src.tracestate,
+            topic=src.topic or "unknown",  # unknown: journaled by a version that did not keep it
+            event_id=src.event_id or src.offset,
+            route=message.route,
+            receiver=receiver,
+        )
+    return tracing.digest(
+        (s.traceparent for s in sources),
+        route=message.route,
+        group=message.group,
+        message_id=message.id,
+        receiver=receiver,
+    )
+
+
 async def send_with_retries(
     sink: Sink,
     message: Message,
@@ -82,22 +112,43 @@ async def send_with_retries(
     metrics: BridgeMetrics | None = None,
     rng: Callable[[], float] = random.random,
     slots: asyncio.Semaphore | None = None,
+    tracing: BridgeTracing = NOOP_BRIDGE_TRACING,
 ) -> Attempted:
     """Send until accepted, refused for good, or out of attempts/time (413 is returned as final).
 
     `slots` bounds concurrent requests: it is held during each request, not during backoff sleeps.
+    The whole delivery is one `forward`/`digest` span (see `trace_message`), failed unless accepted.
     """
+    with trace_message(tracing, message, sink.name) as span:
+        if tracing.enabled:
+            span.set_attribute(span_names.BRIDGE_MESSAGE_ID, message.id)
+        attempted = await _attempts(sink, message, policy, clock, metrics, rng, slots)
+        if not attempted.result.ok:
+            span.record_error(attempted.reason)
+        return attempted
+
+
+async def _attempts(
+    sink: Sink,
+    message: Message,
+    policy: RetryPolicy,
+    clock: Clock,
+    metrics: BridgeMetrics | None,
+    rng: Callable[[], float],
+    slots: asyncio.Semaphore | None,
+) -> Attempted:
     started = clock.time()
     attempt = 0
     while True:
         attempt += 1
-        if slots is not None:
-            async with slots:
+        with attempt_scope(attempt):
+            if slots is not None:
+                async with slots:
+                    t0 = time.perf_counter()
+                    result = await sink.send(message)
+            else:
                 t0 = time.perf_counter()
                 result = await sink.send(message)
-        else:
-            t0 = time.perf_counter()
-            result = await sink.send(message)
         if metrics is not None:
             metrics.sink_latency.labels(sink.name).observe(time.perf_counter() - t0)
             metrics.sink_requests.labels(sink.name, result.outcome).inc()
@@ -137,6 +188,7 @@ class Dispatcher:
         journal: Callable[[Sequence[Message], Sequence[str]], Awaitable[None]],
         max_pending: int = 1000,
         rng: Callable[[], float] = random.random,
+        tracing: BridgeTracing = NOOP_BRIDGE_TRACING,
     ) -> None:
         """Nothing runs until messages are submitted."""
         self.sinks = sinks
@@ -153,6 +205,7 @@ class Dispatcher:
         self._tails: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = rng
+        self._tracing = tracing
         self._closing = False
 
     async def submit(self, messages: Sequence[Message]) -> None:
@@ -224,6 +277,7 @@ class Dispatcher:
             metrics=self.metrics,
             rng=self._rng,
             slots=self._receiver_slots[sink.name],
+            tracing=self._tracing,
         )
         if attempted.result.ok:
             self.metrics.forwarded.labels(sink.name).inc()

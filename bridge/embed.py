@@ -2,7 +2,8 @@
 
 The server imports this module lazily, in its lifespan, so that `dash_stream` never depends on
 `bridge`. The bridge then reads the in-process bus directly (whatever `source.server` says) and
-registers its metrics in the server's registry, so they show at the server's `/metrics`.
+registers its metrics in the server's registry, so they show at the server's `/metrics`, and
+its spans on the server's tracer provider (`bridge_tracing(ctx.tracing)`, shut down by the server).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bridge.errors import ConfigError
 from bridge.runner import Bridge
 from bridge.sinks import make_sinks
 from dash_stream.bus.base import Bus
+from dash_stream.telemetry import BridgeTracing
 
 log = logging.getLogger("bridge")
 
@@ -31,11 +33,17 @@ def check(path: str | Path) -> BridgeConfig:
     return config
 
 
-async def start_embedded(path: str | Path, bus: Bus, registry: CollectorRegistry | None = None) -> Bridge:
-    """Start a bridge on `bus`; the caller owns it and must `await bridge.stop()` before closing the bus."""
+async def start_embedded(
+    path: str | Path,
+    bus: Bus,
+    registry: CollectorRegistry | None = None,
+    tracing: BridgeTracing | None = None,
+) -> Bridge:
+    """Start a bridge on `bus`; the caller owns it and must `await bridge.stop()` before closing the
+    bus (and before shutting down the tracer provider behind `tracing`, None: no spans)."""
     config = load_config(path)
     if config.source.server or config.source.bus:
         log.info("embedded bridge: reading the server's own bus (source.server / source.bus are ignored)")
-    bridge = Bridge(config, bus=bus, registry=registry)
+    bridge = Bridge(config, bus=bus, registry=registry, tracing=tracing)
     await bridge.start()
     return bridge

@@ -43,11 +43,18 @@ class Target(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class SourceRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One source event of a message: its offset (a cursor), the route claim, and its trace."""
+    """One source event of a message: its offset (a cursor), the route claim, and its trace.
+
+    `topic`, `event_id` and `tracestate` name the event in the bridge's spans (`forward <topic>`);
+    they are absent from messages journaled by older versions, which is fine (not in the body).
+    """
 
     offset: str
     claim: str
     traceparent: str | None = None
+    tracestate: str | None = None
+    topic: str | None = None
+    event_id: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -99,7 +99,14 @@ def build_message(flush: Flush, *, badges: Badges, origin: str, now: float) -> M
         count=len(events),
         head="\n".join(lines),
         sources=tuple(
-            SourceRef(offset=o, claim=flush.claim, traceparent=ev.traceparent)
+            SourceRef(
+                offset=o,
+                claim=flush.claim,
+                traceparent=ev.traceparent,
+                tracestate=ev.tracestate,
+                topic=ev.topic,
+                event_id=ev.id,
+            )
             for o, ev in zip(offsets, events, strict=True)
         ),
         origin=origin,

@@ -37,6 +37,7 @@ from bridge.source import BusSource, EventSource, WsSource
 from bridge.state import FileStateStore, MemoryStateStore, PersistedState, StateStore
 from bridge.tracker import Tracker
 from dash_stream.bus.base import Bus
+from dash_stream.telemetry import NOOP_BRIDGE_TRACING, BridgeTracing
 
 log = logging.getLogger("bridge")
 
@@ -93,13 +94,20 @@ class Bridge:
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
         dry_run: bool = False,
+        tracing: BridgeTracing | None = None,
     ) -> None:
-        """Wire the parts; nothing runs and no file is touched until `start()`."""
+        """Wire the parts; nothing runs and no file is touched until `start()`.
+
+        `tracing` (from `dash_stream.telemetry.bridge_tracing`): spans per forwarded event, per
+        digest and per OpenClaw request; None is the no-op (the events' contexts still pass on).
+        The caller owns the tracer provider behind it (and shuts it down after `stop()`).
+        """
         self.config = config
         self.dry_run = dry_run
+        self.tracing: BridgeTracing = tracing if tracing is not None else NOOP_BRIDGE_TRACING
         self.metrics = BridgeMetrics(registry)
         self.clock: Clock = clock or SystemClock()
-        self.sinks = sinks if sinks is not None else make_sinks(config, dry_run=dry_run)
+        self.sinks = sinks if sinks is not None else make_sinks(config, dry_run=dry_run, tracing=self.tracing)
         self.source = source if source is not None else make_source(config, bus=bus)
         self.store: StateStore = store or (
             MemoryStateStore(FileStateStore(config.state_path).load())
@@ -143,6 +151,7 @@ class Bridge:
             on_settled=self._settled,
             journal=self.journal,
             max_pending=self.config.limits.max_pending_messages,
+            tracing=self.tracing,
         )
         if saved.inflight:
             log.info("re-sending %d message(s) in flight when the last run stopped", len(saved.inflight))

@@ -57,6 +57,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     connect_rate_per_ip: float = 50.0
     connect_burst_per_ip: float = 200.0
     malformed_limit: int = 10
+    publish_timeout_s: float = 5.0  # a bus append taking longer (e.g. Redis partitioned away) is a 503
     # HTTP/1.1 framing (slowloris): request line and headers must arrive within header_timeout_s and
     # fit max_header_bytes / max_headers; a body must arrive within body_timeout_s; idle keep-alive
     # connections close after keep_alive_s
@@ -78,6 +79,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     # the event bridge, run in this process on this server's bus (a TOML file; see docs/bridge.md)
     bridge: str | None = None
+    # the OpenClaw watcher, run in this process on this server's bus (its [openclaw] table;
+    # see docs/openclaw-watch.md)
+    openclaw_watch: str | None = None
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with the given fields replaced (None values are ignored)."""

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dash_stream.protocol.errors import ErrorCode, RateLimited, TooLarge
-from dash_stream.server.limits import KeyedBuckets, TokenBucket, check
+from dash_stream.server.limits import FailureLockout, KeyedBuckets, TokenBucket, check
 
 
 class FakeClock:
@@ -237,3 +237,37 @@ def test_waiting_the_returned_time_is_enough(rate: float, burst: float, takes: l
         if wait > 0:
             clock.advance(wait * (1 + 1e-9) + 1e-9)
             assert bucket.take(amount) == 0.0
+
+
+# ---------------------------------------------------------------- failed-auth lockout
+
+
+def test_lockout_tolerates_the_limit_then_locks_for_the_cooldown(clock: FakeClock) -> None:
+    lockout = FailureLockout(3, 60.0, 10.0, clock=clock)
+    assert [lockout.failed("ip") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert lockout.locked("ip") == 0.0
+    assert lockout.failed("ip") == pytest.approx(10.0)
+    assert lockout.locked("other") == 0.0
+    clock.advance(9.5)
+    assert lockout.locked("ip") == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert lockout.locked("ip") == 0.0 and len(lockout) == 0
+
+
+def test_lockout_forgets_failures_spread_over_the_window(clock: FakeClock) -> None:
+    lockout = FailureLockout(3, 60.0, 10.0, clock=clock)
+    for _ in range(30):  # one failure every 20 s refills as fast as it drains
+        assert lockout.failed("ip") == 0.0
+        clock.advance(20.0)
+
+
+def test_lockout_off_and_bounded(clock: FakeClock) -> None:
+    off = FailureLockout(0, 60.0, 10.0, clock=clock)
+    assert all(off.failed("ip") == 0.0 for _ in range(1000))
+    bounded = FailureLockout(1, 60.0, 10.0, max_keys=5, clock=clock)
+    for n in range(100):
+        bounded.failed(f"ip{n}")
+        bounded.failed(f"ip{n}")
+    assert len(bounded) == 5
+    with pytest.raises(ValueError):
+        FailureLockout(3, 0.0, 10.0)

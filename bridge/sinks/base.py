@@ -3,11 +3,16 @@
 A sink sends one message once and reports a `SendResult`; retries, backoff, ordering, bounds and
 the DLQ live in the dispatcher, so every sink gets them alike. `measure` says how large the
 message's request body is, so that the dispatcher can split messages over `max_body_bytes`.
+The dispatcher runs each `send` inside `attempt_scope(n)`: a sink that traces its requests reads
+the attempt number with `current_attempt()` (one CLIENT span per attempt).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import email.utils
+from collections.abc import Iterator
 from typing import Protocol
 
 import msgspec
@@ -15,6 +20,23 @@ import msgspec
 from bridge.model import Message
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+_attempt: contextvars.ContextVar[int] = contextvars.ContextVar("dash_bridge_send_attempt", default=1)
+
+
+def current_attempt() -> int:
+    """The number (1, 2, ...) of the delivery attempt the current `send` is (1 outside the dispatcher)."""
+    return _attempt.get()
+
+
+@contextlib.contextmanager
+def attempt_scope(attempt: int) -> Iterator[None]:
+    """Make `attempt` the current attempt number for the `send` inside the block."""
+    token = _attempt.set(attempt)
+    try:
+        yield
+    finally:
+        _attempt.reset(token)
 
 
 class SendResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,7 +4,10 @@
   file, is held in a `Secret` (its repr and str are `***`) and is never logged.
 - `Idempotency-Key: <message id>`: a retry, a restart's re-send or a DLQ replay posts the same
   body under the same key, and the gateway answers with the original run instead of a new one.
-- A `traceparent` header continues the first source event's trace (a new span id under its trace).
+- Tracing: each attempt is a CLIENT span `POST` (`tracing.client`, attempt number from the
+  dispatcher) whose context goes out in the `traceparent`/`tracestate` headers, nested in the
+  dispatcher's `forward`/`digest` span. With tracing off, a single event's own `traceparent` is
+  passed on as it is (see `dash_stream.telemetry.bridge_api`).
 - The body is built deterministically (sorted by field order, no timestamps), so `measure` is
   exact and a replay is byte-identical.
 """
@@ -12,7 +15,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,8 @@ import orjson
 from bridge.config import ReceiverConfig
 from bridge.errors import ConfigError
 from bridge.model import Message
-from bridge.sinks.base import SendResult, parse_retry_after, result_for_status
-from bridge.templates import trace_id
+from bridge.sinks.base import SendResult, current_attempt, parse_retry_after, result_for_status
+from dash_stream.telemetry import NOOP_BRIDGE_TRACING, BridgeTracing
 
 _DETAIL_CHARS = 300
 
@@ -95,15 +97,6 @@ def payload(message: Message) -> dict[str, Any]:
     return body
 
 
-def child_traceparent(message: Message) -> str | None:
-    """A `traceparent` in the trace of the message's first traced source, with a new span id."""
-    for src in message.sources:
-        tid = trace_id(src.traceparent)
-        if tid is not None:
-            return f"00-{tid}-{secrets.token_hex(8)}-01"
-    return None
-
-
 class OpenClawSink:
     """Posts messages to one gateway's hooks API (see the module docstring)."""
 
@@ -113,8 +106,9 @@ class OpenClawSink:
         token: Secret,
         *,
         client: httpx.AsyncClient | None = None,
+        tracing: BridgeTracing = NOOP_BRIDGE_TRACING,
     ) -> None:
-        """One HTTP connection pool per receiver, sized to its `max_in_flight`."""
+        """One HTTP connection pool per receiver, sized to its `max_in_flight`; a CLIENT span per request."""
         if receiver.url is None:
             raise ConfigError(f"receiver {receiver.name}: url is required")
         self.name = receiver.name
@@ -125,6 +119,7 @@ class OpenClawSink:
         self._client = client
         self._timeout = float(receiver.timeout)
         self._pool = receiver.max_in_flight
+        self._tracing = tracing
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:  # made on first use: a dry run never opens a connection pool
@@ -163,17 +158,17 @@ class OpenClawSink:
             "Idempotency-Key": message.id,
             "Content-Type": "application/json",
         }
-        tp = child_traceparent(message)
-        if tp is not None:
-            headers["traceparent"] = tp
-        try:
-            response = await self._http().post(
-                self.url_for(message), content=self.body(message), headers=headers
-            )
-        except httpx.TimeoutException:
-            return SendResult(ok=False, retryable=True, detail="timed out")
-        except httpx.TransportError as e:
-            return SendResult(ok=False, retryable=True, detail=f"{type(e).__name__}: {e}"[:_DETAIL_CHARS])
+        url = self.url_for(message)
+        with self._tracing.client("POST", url, headers, attempt=current_attempt()) as call:
+            try:
+                response = await self._http().post(url, content=self.body(message), headers=headers)
+            except httpx.TimeoutException as e:
+                call.record_error(e)
+                return SendResult(ok=False, retryable=True, detail="timed out")
+            except httpx.TransportError as e:
+                call.record_error(e)
+                return SendResult(ok=False, retryable=True, detail=f"{type(e).__name__}: {e}"[:_DETAIL_CHARS])
+            call.response(response.status_code)
         retry_after = parse_retry_after(response.headers.get("retry-after"), _now())
         detail = response.text[:_DETAIL_CHARS] if response.status_code >= 300 else ""
         return result_for_status(response.status_code, retry_after, detail)

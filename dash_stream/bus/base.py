@@ -112,3 +112,23 @@ class Bus(Protocol):
     async def close(self) -> None:
         """Release resources and end every live iterator."""
         ...
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` means the bus is unreachable for now (expected, logged without a traceback)
+    rather than a bug: network and timeout errors, Unavailable, and the Redis client's equivalents."""
+    from dash_stream.protocol.errors import Unavailable
+
+    if isinstance(error, OSError | TimeoutError | Unavailable | ConnectionError):
+        return True
+    kind = type(error)
+    return kind.__module__.startswith("redis") and kind.__name__ in (
+        "ConnectionError",
+        "TimeoutError",
+        "BusyLoadingError",
+        "ReadOnlyError",
+        "MasterNotFoundError",
+        "ClusterDownError",
+        "TryAgainError",
+        "SlaveNotFoundError",
+    )

@@ -42,6 +42,8 @@ _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _LUA = resources.files("dash_stream.bus").joinpath("lua/publish.lua").read_text()
 _event_decoder = msgspec.json.Decoder(Event)
 _CLOSED: Any = object()  # put into live queues by close()
+_POOL_SIZE = 64
+_LIVE_BATCH = 2_000  # records per live batch
 
 
 def pack_id(stream_id: bytes | str) -> int:
@@ -150,6 +152,8 @@ class RedisBus:
         self._lock = asyncio.Lock()
         self._owned: list[Any] = []  # every client and sentinel connection made, closed by close()
         self._live_queues: set[asyncio.Queue[Any]] = set()
+        # commands in flight at once: bounds the pool (redis-py refuses, not waits, past its limit)
+        self._gate = asyncio.Semaphore(max(1, _POOL_SIZE - 8))
 
     # ------------------------------------------------------------ keys
 
@@ -179,6 +183,7 @@ class RedisBus:
 
         t = self.target
         common: dict[str, Any] = {
+            "max_connections": _POOL_SIZE,
             "password": t.password,
             "username": t.username,
             "socket_connect_timeout": 2.0,
@@ -288,13 +293,15 @@ class RedisBus:
             )
             args += [b"1" if item.dedup else b"0", item.encoded]
         if not self.min_replicas:
-            result: list[bytes] = await self._script(keys=keys, args=args, client=client)
+            async with self._gate:
+                result: list[bytes] = await self._script(keys=keys, args=args, client=client)
             return result
         # acknowledge only what reached the replicas: WAIT on the connection that appended
         pipe = client.pipeline(transaction=False)
         await self._script(keys=keys, args=args, client=pipe)
         pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
-        reply, replicas = await pipe.execute()
+        async with self._gate:
+            reply, replicas = await pipe.execute()
         if reply and reply[0] != b"EPOCH" and int(replicas) < self.min_replicas:
             raise Unavailable(
                 f"event bus: appended but replicated to {replicas} of {self.min_replicas} replicas; retry "
@@ -345,7 +352,7 @@ class RedisBus:
         for p in spanned:
             pipe.xinfo_stream(self.stream_key(p))
             pipe.get(self.trimmed_key(p))
-        replies_ = await _gather_pipe(pipe)
+        replies_ = await self._run_pipe(pipe)
         heads: dict[int, int] = {}
         trimmed = False
         for k, p in enumerate(spanned):
@@ -365,7 +372,7 @@ class RedisBus:
         wanted = [p for p in spanned if starts[p] < heads[p]]
         for p in wanted:
             pipe.xrange(self.stream_key(p), min=f"({unpack_id(starts[p])}", max="+", count=limit)
-        replies = await _gather_pipe(pipe) if wanted else []
+        replies = await self._run_pipe(pipe) if wanted else []
         matches = None if topics is ALL_TOPICS else topics.matches
         cutoff = int((self._clock() - self.max_age_s) * 1000) << _SEQ_BITS if self.max_age_s > 0 else 0
         candidates: list[Record] = []
@@ -408,7 +415,7 @@ class RedisBus:
         pipe = client.pipeline(transaction=False)
         for p in spanned:
             pipe.xinfo_stream(self.stream_key(p))
-        infos = await _gather_pipe(pipe)
+        infos = await self._run_pipe(pipe)
         positions = {
             p: 0 if isinstance(info, Exception) else pack_id(info["last-generated-id"])
             for p, info in zip(spanned, infos, strict=True)
@@ -432,16 +439,27 @@ class RedisBus:
         ]
         matches = None if topics is ALL_TOPICS else topics.matches
         self._live_queues.add(queue)
+        deferred: Any = None
         try:
             while not self._closed:
-                item = await queue.get()
+                item = deferred if deferred is not None else await queue.get()
+                deferred = None
                 if item is _CLOSED:
                     return
                 if isinstance(item, BaseException):
                     raise item
                 if self._epoch != epoch:
                     raise Lagged("redis bus epoch changed: the log was reset")
-                batch = item if matches is None else [r for r in item if matches(r.event.topic)]
+                # whatever the other partitions' readers have queued meanwhile joins this batch, so
+                # a busy hub dispatches (and frames) many events at once, as it does on the memory bus
+                merged: list[Record] = list(item)
+                while len(merged) < _LIVE_BATCH and not queue.empty():
+                    more = queue.get_nowait()
+                    if more is _CLOSED or isinstance(more, BaseException):
+                        deferred = more  # handled on the next turn, after this batch
+                        break
+                    merged.extend(more)
+                batch = merged if matches is None else [r for r in merged if matches(r.event.topic)]
                 if batch:
                     yield batch
         finally:
@@ -485,6 +503,10 @@ class RedisBus:
             await self._reinit_epoch(self._epoch)
 
     # ------------------------------------------------------------ misc
+
+    async def _run_pipe(self, pipe: Any) -> list[Any]:
+        async with self._gate:
+            return await _gather_pipe(pipe)
 
     async def epoch(self) -> str:
         """The deployment's epoch."""

@@ -1,4 +1,4 @@
-"""The `dash-stream` command line: serve, publish, tail, token, bench, swarm, events, bridge."""
+"""The `dash-stream` command line: serve, publish, tail, token, bench, swarm, events, openclaw, bridge."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import typer
 from dash_stream.cli import bench, serve, tools
 from dash_stream.cli import events as events_cli
 from dash_stream.cli import swarm as swarm_cli
+from dash_stream.openclaw import cli as openclaw_cli
 
 app = typer.Typer(
     name="dash-stream",
@@ -27,6 +28,7 @@ tools.register(app)  # publish, tail, token
 bench.register(app)
 swarm_cli.register(app)  # the live swarm state, with --json output for agents
 events_cli.register(app)  # recent history, with --json output for agents
+openclaw_cli.register(app)  # openclaw watch: a gateway's agent runs as events
 
 try:  # the event bridge is a package of its own (bridge/ imports dash_stream, never the reverse)
     import bridge.cli

@@ -139,6 +139,10 @@ def serve(
     auth_lockout: Annotated[
         float | None, typer.Option(help="Seconds a locked-out client IP is refused.")
     ] = None,
+    publish_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds a publish may wait for the bus before it is answered 503 (retry safely)."),
+    ] = None,
     header_timeout: Annotated[
         float | None,
         typer.Option(help="Seconds a client has to send a request's headers (408, then close)."),
@@ -160,6 +164,14 @@ def serve(
     bridge: Annotated[
         Path | None,
         typer.Option(help="Run the event bridge in-process on this bus (TOML config).", envvar="DASH_BRIDGE"),
+    ] = None,
+    openclaw_watch: Annotated[
+        Path | None,
+        typer.Option(
+            help="Watch an OpenClaw gateway in-process and publish its runs on this bus (TOML file with "
+            "an \\[openclaw] table, e.g. the bridge's).",
+            envvar="DASH_OPENCLAW_WATCH",
+        ),
     ] = None,
     otel: Annotated[
         bool | None,
@@ -192,7 +204,7 @@ def serve(
     import uvicorn
 
     from dash_stream.logs import setup_logging
-    from dash_stream.server.app import create_app
+    from dash_stream.server.app import asgi_entry, create_app
     from dash_stream.server.http_protocol import http_protocol_class
     from dash_stream.server.wire import DashWebSocketProtocol
 
@@ -230,6 +242,7 @@ def serve(
         "auth_fail_limit": auth_fail_limit,
         "auth_fail_window_s": auth_fail_window,
         "auth_lockout_s": auth_lockout,
+        "publish_timeout_s": publish_timeout,
         "header_timeout_s": header_timeout,
         "body_timeout_s": body_timeout,
         "max_header_bytes": max_header_bytes,
@@ -238,6 +251,7 @@ def serve(
         "log_format": log_format,
         "log_level": log_level,
         "bridge": str(bridge) if bridge is not None else None,
+        "openclaw_watch": str(openclaw_watch) if openclaw_watch is not None else None,
         "otel": otel,
         "otel_deliver_ratio": otel_deliver_ratio,
     }
@@ -251,6 +265,10 @@ def serve(
             from bridge.embed import check as check_bridge  # lazy: dash_stream never imports bridge eagerly
 
             check_bridge(settings.bridge)
+        if settings.openclaw_watch:
+            from dash_stream.openclaw.embed import check as check_watch
+
+            check_watch(settings.openclaw_watch)
         app = create_app(settings)
     except (ValueError, TypeError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
@@ -268,7 +286,7 @@ def serve(
             bold=True,
         )
     config_ = uvicorn.Config(
-        app,
+        asgi_entry(app),
         host=settings.host,
         port=settings.port,
         http=http_protocol_class(settings, app.state.ctx.metrics),  # slowloris: header deadline and bounds

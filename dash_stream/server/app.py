@@ -14,6 +14,8 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from dash_stream.bus.base import Bus
 from dash_stream.bus.memory import MemoryBus
@@ -30,7 +32,7 @@ from dash_stream.server.publishing import Publisher
 from dash_stream.server.sse import sse_endpoint
 from dash_stream.server.ws import websocket_endpoint
 from dash_stream.settings import Settings
-from dash_stream.telemetry import start_tracing, tracing_config
+from dash_stream.telemetry import bridge_tracing, start_tracing, tracing_config
 
 log = logging.getLogger("dash_stream.server")
 
@@ -112,6 +114,7 @@ def build_context(settings: Settings, bus: Bus | None = None) -> ServerContext:
             limits,
             strict_types=settings.strict_types,
             tracing=tracing.publish if tracing is not None else None,
+            timeout_s=settings.publish_timeout_s,
         ),
         limits=limits,
         publish_buckets=KeyedBuckets(settings.publish_rate, burst),
@@ -162,11 +165,22 @@ def create_app(settings: Settings, *, bus: Bus | None = None) -> Starlette:
             # imported here, lazily: the bridge package imports dash_stream, never the reverse
             from bridge.embed import start_embedded
 
-            embedded_bridge = await start_embedded(settings.bridge, ctx.bus, ctx.metrics.registry)
+            embedded_bridge = await start_embedded(
+                settings.bridge, ctx.bus, ctx.metrics.registry, bridge_tracing(ctx.tracing)
+            )
+        embedded_watch = None
+        if settings.openclaw_watch:  # after the bridge, so that it sees the watcher's first events
+            from dash_stream.openclaw.embed import start_embedded as start_watch
+
+            embedded_watch = await start_watch(
+                settings.openclaw_watch, ctx.bus, ctx.metrics.registry, ctx.tracing, limits=ctx.limits
+            )
         try:
             yield
         finally:
             ctx.draining = True
+            if embedded_watch is not None:
+                await embedded_watch.stop()
             if embedded_bridge is not None:
                 await embedded_bridge.stop()
             for conn in list(ctx.connections):
@@ -218,3 +232,22 @@ def create_app(settings: Settings, *, bus: Bus | None = None) -> Starlette:
     ctx.metrics.outbox_frames.set_function(outbox_depth)
     app.state.idempotency = http_api.IdempotencyCache(ttl_s=max(600.0, settings.dedup_window_s))
     return app
+
+
+def asgi_entry(app: Starlette) -> ASGIApp:
+    """The app as `serve` hands it to uvicorn: `/v1/ws` goes straight to its endpoint.
+
+    A WebSocket lives for hours; every ASGI layer it passes through keeps a coroutine frame alive
+    for that long. The HTTP middleware (request ids, HTTP metrics, exception mapping) has nothing
+    to do for `/v1/ws`, so skipping it saves memory per idle connection. Everything else, the
+    lifespan included, goes through the Starlette app unchanged.
+    """
+
+    async def entry(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/v1/ws":
+            scope["app"] = app
+            await websocket_endpoint(WebSocket(scope, receive, send))
+            return
+        await app(scope, receive, send)
+
+    return entry

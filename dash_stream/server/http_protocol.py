@@ -9,7 +9,9 @@ megabytes of headers) holds a socket and memory for as long as it likes: slowlor
   connection opening or of the request's first byte; else `408` and the connection closes (an
   idle connection that sent nothing is just closed);
 - a bound on the bytes (`max_header_bytes`) and the number (`max_headers`) of request headers;
-  else `431` and the connection closes.
+  else `431` and the connection closes;
+- a request httptools cannot parse (a bad header line, a `Content-Length` that does not fit the
+  bytes, a bad chunk) gets `400` in the JSON error shape instead of uvicorn's plain text.
 
 Idle keep-alive connections are uvicorn's `timeout_keep_alive`; slow bodies are bounded by the
 app (`read_body`). Both refusals have the one JSON error shape and count in
@@ -32,7 +34,7 @@ from dash_stream.settings import Settings
 
 log = logging.getLogger("dash_stream.http")
 
-_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
 
 
 class _Refused(Exception):
@@ -52,6 +54,7 @@ class DashHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._header_bytes = 0
         self._header_count = 0
+        self._parsed_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str, str] | None = None
 
@@ -101,14 +104,32 @@ class DashHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._awaiting_headers = True
         self._header_count = 0
+        self._parsed_bytes = 0
         self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_bytes += len(url)
+        self._check_header_bytes()
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self.max_headers:
             self._refusal = (431, "too_many_headers", f"more than {self.max_headers} request headers")
             raise _Refused  # httptools turns it into a parser error; send_400_response answers it
+        self._parsed_bytes += len(name) + len(value) + 4
+        self._check_header_bytes()
         super().on_header(name, value)
+
+    def _check_header_bytes(self) -> None:
+        # headers that arrive in one read are never "still incomplete": count what the parser saw
+        if self._parsed_bytes > self.max_header_bytes:
+            self._refusal = (
+                431,
+                "headers_too_large",
+                f"request headers exceed {self.max_header_bytes} bytes",
+            )
+            raise _Refused
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
@@ -127,7 +148,7 @@ class DashHttpProtocol(HttpToolsProtocol):
             self._refusal = None
             self._refuse(status, reason, message)
             return
-        super().send_400_response(msg)
+        self._refuse(400, "invalid_http", msg.rstrip("."))  # the one JSON error shape, not uvicorn's text
 
     # ---------------------------------------------------------------- refusing
 

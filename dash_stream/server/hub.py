@@ -20,7 +20,7 @@ from typing import Protocol
 
 import msgspec
 
-from dash_stream.bus.base import Bus, Lagged, Record
+from dash_stream.bus.base import Bus, Lagged, Record, is_outage
 from dash_stream.bus.cursor import BadCursor, Cursor, decode_cursor
 from dash_stream.filters import ALL_TOPICS, Predicate, TopicSet
 from dash_stream.server.metrics import Metrics
@@ -66,6 +66,7 @@ class Subscription:
     __slots__ = (
         "_cursor",
         "_cursor_text",
+        "_segments",
         "buffer",
         "frame_prefix",
         "last_sent",
@@ -87,6 +88,9 @@ class Subscription:
         self.where = where
         self._cursor: Cursor | None = None
         self._cursor_text: str | None = None
+        # a multi-partition cursor's text as one segment per partition, so that advancing one
+        # partition re-joins strings instead of re-encoding the whole cursor (Redis: 16 partitions)
+        self._segments: tuple[list[str], dict[int, int]] | None = None
         self.frame_prefix: bytes | None = None  # the owner's cached start of this sub's events frames
         self.buffer: list[Record] | None = []  # None once live
         self.max_buffer = max_buffer
@@ -103,6 +107,7 @@ class Subscription:
     def cursor(self, value: Cursor | None) -> None:
         self._cursor = value
         self._cursor_text = None
+        self._segments = None
 
     @property
     def cursor_text(self) -> str:
@@ -133,9 +138,27 @@ class Subscription:
                 self._cursor_text = last.offset
             return self.cursor_text
         if one_partition:
-            self.cursor = cursor.advanced(last.partition, last.position)
-        else:
-            self.cursor = advance_through(cursor, records)
+            p = last.partition
+            if last.position <= positions.get(p, -1):
+                return self.cursor_text
+            segments = self._segments
+            if segments is None or p not in segments[1]:
+                self.cursor = cursor.advanced(p, last.position)
+                text = self.cursor_text
+                parts = text.split(".")
+                self._segments = (
+                    parts[1:],
+                    {int(seg.split("-", 1)[0]): i for i, seg in enumerate(parts[1:])},
+                )
+                return text
+            moved = dict(positions)
+            moved[p] = last.position
+            self._cursor = Cursor(cursor.epoch, moved)
+            texts, index = segments
+            texts[index[p]] = f"{p}-{last.position}"
+            text = self._cursor_text = f"{cursor.epoch}.{'.'.join(texts)}"
+            return text
+        self.cursor = advance_through(cursor, records)
         return self.cursor_text
 
 
@@ -337,11 +360,19 @@ class Hub:
                 log.warning("hub lagged behind retention: %s; closing subscribers so they resume", e)
                 for owner in {s.owner for s in self._subs}:
                     owner.lost("lagged")
-            except Exception:
+            except Exception as e:
                 self.metrics.bus_unavailable.labels("live").inc()
-                log.exception(
-                    "live reader failed; closing subscribers so they resume, retrying in %.2fs", backoff
-                )
+                if is_outage(e):
+                    log.warning(
+                        "live reader: bus unavailable (%s); closing subscribers so they resume, "
+                        "retrying in %.2fs",
+                        type(e).__name__,
+                        backoff,
+                    )
+                else:
+                    log.exception(
+                        "live reader failed; closing subscribers so they resume, retrying in %.2fs", backoff
+                    )
                 # the restarted reader starts from now: whatever came in between would be missed
                 for owner in {s.owner for s in self._subs}:
                     with contextlib.suppress(Exception):

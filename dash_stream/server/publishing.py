@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 
@@ -32,12 +33,14 @@ class Publisher:
         limits: Limits,
         *,
         strict_types: bool = False,
+        timeout_s: float | None = None,
         tracing: PublishTracing | None = None,
     ) -> None:
         self.bus = bus
         self.metrics = metrics
         self.limits = limits
         self.strict_types = strict_types
+        self.timeout_s = timeout_s  # a bus that does not answer (a partition) must not hold publishers
         self.tracing = tracing
 
     def prepare(
@@ -100,7 +103,15 @@ class Publisher:
         sends = items.sends if isinstance(items, Prepared) else None
         started = time.perf_counter()
         try:
-            published = await self.bus.publish(items)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    published = await self.bus.publish(items)
+            except TimeoutError:
+                raise Unavailable(
+                    f"event bus did not answer within {self.timeout_s:g} s; retry with the same event ids "
+                    "(an append that went through after all is deduplicated)",
+                    retry_after_ms=1000,
+                ) from None
         except DashError as e:
             if isinstance(e, Unavailable):
                 self.metrics.bus_unavailable.labels("publish").inc()

@@ -30,7 +30,7 @@ from prometheus_client import Gauge
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dash_stream.bus.base import Bus, Record
+from dash_stream.bus.base import Bus, Record, is_outage
 from dash_stream.bus.cursor import Cursor
 from dash_stream.filters import ALL_TOPICS, TopicSet
 from dash_stream.protocol.errors import BadRequest, DashError, Forbidden, NotFound, TooLarge, Unavailable
@@ -148,8 +148,15 @@ class SwarmTracker:
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("swarm state catch-up failed; retrying in %.2fs", backoff)
+            except Exception as e:
+                if is_outage(e):
+                    log.warning(
+                        "swarm state catch-up: bus unavailable (%s); retrying in %.2fs",
+                        type(e).__name__,
+                        backoff,
+                    )
+                else:
+                    log.exception("swarm state catch-up failed; retrying in %.2fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 self._request_sync()

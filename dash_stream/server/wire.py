@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +25,10 @@ from websockets.protocol import State
 
 from dash_stream.protocol.errors import CloseCode, close_reason
 
+log = logging.getLogger("dash_stream.ws")
+
 _ABORT_AFTER_S = 30.0
+_NO_OUTBOX: deque[tuple[bytes, bool]] = deque(maxlen=0)  # shared, always empty
 _HEADER16 = struct.Struct("!BBH")
 _HEADER64 = struct.Struct("!BBQ")
 
@@ -56,7 +60,8 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.closed = False
-        self._outbox: deque[tuple[bytes, bool]] = deque()
+        # the outbox exists only while the transport is congested: most connections never need one
+        self._outbox: deque[tuple[bytes, bool]] = _NO_OUTBOX
         self._outbox_bytes = 0
         self._paused = False
         self.on_close: Callable[[], None] | None = None
@@ -81,6 +86,8 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
                 or self._outbox_bytes + len(data) > self.outbox_max_bytes
             ):
                 return False
+            if self._outbox is _NO_OUTBOX:
+                self._outbox = deque()
             self._outbox.append((data, binary))
             self._outbox_bytes += len(data)
             return True
@@ -91,7 +98,7 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.conn.state is not State.OPEN:
             # the peer's close frame has arrived; uvicorn reports the disconnect only later
             self.closed = True
-            self._outbox.clear()
+            self._outbox = _NO_OUTBOX
             self._outbox_bytes = 0
             return
         # A server frame is unmasked and, without extensions (permessage-deflate is off), its
@@ -140,7 +147,7 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
             while self._outbox:
                 data, binary = self._outbox.popleft()
                 self._write(data, binary)
-        self._outbox.clear()
+        self._outbox = _NO_OUTBOX
         self._outbox_bytes = 0
         self.stop_keepalive()
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
@@ -152,6 +159,39 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         # a client that never reads would keep the buffer (and us) forever: abort after a while
         self.close_timer = self.loop.call_later(_ABORT_AFTER_S, self.transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # websockets refused the opening handshake itself (a header line over its 8 KiB, too many
+        # headers): it queued the HTTP refusal but yields no event, so uvicorn would never send it
+        # and the socket would stay open forever; send it and close
+        if (
+            self.conn.handshake_exc is not None
+            and not self.handshake_complete
+            and not self.transport.is_closing()
+        ):
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            # RFC 6455: close 1007. uvicorn logs this client error with a traceback at ERROR level,
+            # which would let any client flood the log; one info line says it
+            log.info("closed a WebSocket that sent a text frame that is not UTF-8 (1007)")
+            self.conn.send_close(CloseCode.INVALID_DATA)
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def keepalive_timeout(self) -> None:
         self.pong_timer = None
@@ -167,7 +207,7 @@ class DashWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._outbox.clear()
+        self._outbox = _NO_OUTBOX
         super().connection_lost(exc)
 
 

@@ -14,7 +14,7 @@ import msgspec
 from starlette.websockets import WebSocket
 
 from dash_stream import __version__
-from dash_stream.bus.base import Record
+from dash_stream.bus.base import Incoming, Published, Record
 from dash_stream.filters import TopicSet, compile_where
 from dash_stream.protocol import frames as f
 from dash_stream.protocol.codec import CODECS, JSON, SUBPROTOCOLS, Codec
@@ -41,6 +41,7 @@ from dash_stream.server.wire import AsgiWire, DashWebSocketProtocol, Wire
 log = logging.getLogger("dash_stream.ws")
 
 _FRAME_TARGET_BYTES = 256 * 1024
+_BURST_MAX = 256  # frames answered as one burst
 JSON_CODEC = CODECS[JSON]
 
 
@@ -202,6 +203,7 @@ class Connection:
             )
         )
         token = bearer_from(self.ws)
+        self._release_handshake()
         if ctx.auth.enabled:
             if token is not None:
                 try:
@@ -215,18 +217,47 @@ class Connection:
                 self._timers.append(loop.call_later(s.auth_timeout_s, self._auth_deadline))
         await self._read_loop()
 
+    def _release_handshake(self) -> None:
+        """Drop what only the handshake needed (request and response headers): a dashboard
+        connection lives for hours, and those copies are a fifth of an idle connection's memory."""
+        scope = self.ws.scope
+        proto = scope.get("extensions", {}).get("dash.wire")
+        if isinstance(proto, DashWebSocketProtocol) and proto.handshake_complete:
+            proto.request = None  # type: ignore[assignment]
+            proto.response = None  # type: ignore[assignment]
+        scope["headers"] = []
+        scope["query_string"] = b""
+        for cached in ("_headers", "_query_params"):
+            self.ws.__dict__.pop(cached, None)
+
     async def _read_loop(self) -> None:
+        proto = self.ws.scope.get("extensions", {}).get("dash.wire")
+        waiting = proto.queue if isinstance(proto, DashWebSocketProtocol) else None
         while not self.closed:
             message = await self.ws.receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect":
                 break
-            data: bytes | str | None = message.get("bytes")
-            if data is None:
-                data = message.get("text")
+            data = _payload(message)
             if data is None:
                 continue
-            await self.handle(data)
+            if waiting is None or waiting.empty() or self.ctx.tracing is not None:
+                await self.handle(data)
+                continue
+            # frames that arrived together are answered together: consecutive publishes become one
+            # bus append (one Redis round trip instead of one each), acks still in order
+            burst = [data]
+            ended = False
+            while len(burst) < _BURST_MAX and not waiting.empty():
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    ended = True
+                    break
+                more = _payload(message)
+                if more is not None:
+                    burst.append(more)
+            await self.handle_burst(burst)
+            if ended:
+                break
 
     def _detach(self) -> None:
         for sub in self.subs.values():
@@ -264,16 +295,81 @@ class Connection:
 
     async def handle(self, data: bytes | str) -> None:
         """Decode and answer one client frame; errors answer the op and never close the connection."""
+        frame = self._decode(data)
+        if frame is not None:
+            await self._answer(frame)
+
+    def _decode(self, data: bytes | str) -> f.ClientFrame | None:
+        """The frame, or None after answering a malformed one (and closing after too many)."""
         # a text frame is JSON whatever the subprotocol; replies use the negotiated one
         codec = JSON_CODEC if isinstance(data, str) else self.codec
         try:
-            frame = codec.decode(data)
+            return codec.decode(data)
         except BadRequest as e:
             self.malformed += 1
             self.send_error(codec.correlation_id(data), e)
             if self.malformed >= self.ctx.settings.malformed_limit:
                 self.close(CloseCode.PROTOCOL_VIOLATION, "too many malformed frames")
+            return None
+
+    async def handle_burst(self, burst: list[bytes | str]) -> None:
+        """Answer frames that arrived together, in order; runs of publishes share one bus append."""
+        run: list[f.Publish] = []
+        for data in burst:
+            if self.closed:
+                return
+            codec = JSON_CODEC if isinstance(data, str) else self.codec
+            try:
+                frame = codec.decode(data)
+            except BadRequest:
+                await self._publish_run(run)
+                run = []
+                self._decode(data)  # answers it (and counts it) exactly as a lone frame
+                continue
+            if isinstance(frame, f.Publish) and self.principal is not None:
+                run.append(frame)
+                continue
+            await self._publish_run(run)
+            run = []
+            await self._answer(frame)
+        await self._publish_run(run)
+
+    async def _publish_run(self, run: list[f.Publish]) -> None:
+        if len(run) <= 1:
+            for frame in run:
+                await self._answer(frame)
             return
+        ctx = self.ctx
+        principal = self.principal
+        assert principal is not None
+        refused: dict[int, DashError] = {}
+        items: list[Incoming] = []
+        for i, frame in enumerate(run):
+            try:
+                prepared = ctx.publisher.prepare(principal, [frame.event], path="event", single=True)
+                ctx.check_publish_rate(principal, 1, self.client, self.bucket)
+            except DashError as e:
+                refused[i] = e
+                continue
+            items.extend(prepared)
+        published: list[Published] = []
+        failure: DashError | None = None
+        if items:
+            try:
+                published = await ctx.publisher.append(items, "ws")
+            except DashError as e:
+                failure = e
+        done = iter(published)
+        for i, frame in enumerate(run):
+            error = refused.get(i) or failure
+            if error is not None:
+                self.send_error(frame.id, error)
+            else:
+                p = next(done)
+                self.send(f.Ack(id=frame.id, offset=p.offset, duplicate=p.duplicate))
+
+    async def _answer(self, frame: f.ClientFrame) -> None:
+        """Answer one decoded frame."""
         try:
             if isinstance(frame, f.Ping):
                 self.send(f.Pong(id=frame.id))
@@ -415,6 +511,11 @@ class Connection:
             raise NotFound(f"sub: no subscription {frame.sub!r} on this connection")
         self.ctx.hub.remove(sub)
         self.send(f.Unsubscribed(id=frame.id, sub=frame.sub))
+
+
+def _payload(message: Any) -> bytes | str | None:
+    data: bytes | str | None = message.get("bytes")
+    return data if data is not None else message.get("text")
 
 
 class _Internal(DashError):

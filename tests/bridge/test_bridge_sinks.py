@@ -69,7 +69,9 @@ async def test_posts_the_message_with_token_idempotency_key_and_trace() -> None:
     assert str(req.url) == "http://gw:1/hooks/agent"
     assert req.headers["authorization"] == "Bearer s3cret"
     assert req.headers["idempotency-key"] == msg.id
-    assert req.headers["traceparent"].split("-")[1] == msg.sources[0].traceparent.split("-")[1]  # type: ignore[union-attr]
+    # a digest has many parents: with tracing off there is no context to pass on (the body lists
+    # every source's traceparent); tracing of sends: tests/otel/test_bridge_tracing.py
+    assert "traceparent" not in req.headers
     body = json.loads(req.content)
     assert body == {
         "message": msg.text,
