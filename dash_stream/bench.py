@@ -43,6 +43,8 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI, parse_uri
 
+from dash_stream import bench_agents
+
 Client = Literal["sansio", "asyncio"]
 PublishVia = Literal["ws", "http"]
 
@@ -233,6 +235,7 @@ class SubSpec(msgspec.Struct, frozen=True, kw_only=True):
     connect_concurrency: int = 200
     connect_timeout: float = 60.0
     lifetime: float = 600.0
+    views: str | None = None  # agents-1000: the run prefix; each subscriber takes a bench_agents view
 
 
 class SubResult(msgspec.Struct, kw_only=True):
@@ -262,6 +265,7 @@ class SubResult(msgspec.Struct, kw_only=True):
     max_us: int = 0
     first_recv_ns: int = 0
     last_recv_ns: int = 0
+    expected_events: int | None = None  # agents-1000: what the filtered subscribers should have got
 
 
 class _SubWorker:
@@ -297,6 +301,19 @@ class Subscriber:
         self.live_after_ns: int | None = None
         self.resubscribe_s: list[float] = []
         self.caught_up_s: list[float] = []
+        self.view = bench_agents.view_of(sid) if w.spec.views is not None else None
+
+    def expected_count(self, expected: list[PubCount]) -> int:
+        """Accepted events this subscriber should receive."""
+        if self.view is None:
+            return accepted_total(expected)
+        return bench_agents.expected_count(expected, self.view.mask)
+
+    def missing(self, expected: list[PubCount]) -> int:
+        """Accepted events this subscriber should have received and did not."""
+        if self.view is None:
+            return self.account.missing(expected)
+        return bench_agents.missing(self.account, expected, self.view.mask)
 
     def on_message(self, data: bytes | bytearray | memoryview) -> bytes | None:
         """Handle one server frame; returns a frame to send back, if any."""
@@ -329,6 +346,10 @@ class Subscriber:
             return None
         if op == "welcome":
             doc: dict[str, Any] = {"op": "subscribe", "id": "s", "sub": "b", "topics": self.w.spec.topics}
+            if self.view is not None and self.w.spec.views is not None:
+                doc["topics"] = bench_agents.subscribe_topics(self.w.spec.views, self.view)
+                if self.view.where is not None:
+                    doc["where"] = self.view.where
             if self.cursor is not None:
                 doc["cursor"] = self.cursor
             return _JSON.encode(doc)
@@ -534,7 +555,7 @@ async def _sub_main(spec: SubSpec, pipe: Pipe) -> None:
                 s.drop()
         elif cmd[0] == "expect":
             expected = cmd[1]
-            await _wait_complete(subs, accepted_total(expected), cmd[2])
+            await _wait_complete(subs, [s.expected_count(expected) for s in subs], cmd[2])
             break
         else:
             break
@@ -547,10 +568,11 @@ async def _sub_main(spec: SubSpec, pipe: Pipe) -> None:
     pipe.send(("result", result))
 
 
-async def _wait_complete(subs: Sequence[Subscriber], each: int, wait_s: float) -> None:
+async def _wait_complete(subs: Sequence[Subscriber], targets: list[int], wait_s: float) -> None:
     end = time.monotonic() + wait_s
+    pairs = list(zip(subs, targets, strict=True))
     # polling a few thousand counters every 20 ms is cheaper than signalling on every event
-    while time.monotonic() < end and any(s.account.unique < each for s in subs):  # noqa: ASYNC110
+    while time.monotonic() < end and any(s.account.unique < n for s, n in pairs):  # noqa: ASYNC110
         await asyncio.sleep(0.02)
 
 
@@ -562,10 +584,14 @@ def _sub_result(
     connect_s: float,
 ) -> SubResult:
     r = SubResult(subscribers=len(subs), connected=connected, connect_s=connect_s)
-    each = accepted_total(expected) if expected is not None else 0
+    if expected is not None and w.spec.views is not None:
+        r.expected_events = 0
     for s in subs:
         a = s.account
-        lost = a.missing(expected) if expected is not None else 0
+        each = s.expected_count(expected) if expected is not None else 0
+        if r.expected_events is not None:
+            r.expected_events += each
+        lost = s.missing(expected) if expected is not None else 0
         r.lost += lost
         r.subs_with_loss += lost > 0
         r.duplicates += a.duplicates
@@ -599,6 +625,7 @@ class PubSpec(msgspec.Struct, frozen=True, kw_only=True):
     duration: float = 10.0
     batch: int = 100
     payload_bytes: int = 0
+    mix: bool = False  # agents-1000: the bench_agents event mix, publishers' phases spread over a period
 
 
 class PubResult(msgspec.Struct, kw_only=True):
@@ -670,12 +697,16 @@ async def _publish_ws(spec: PubSpec, pub: int, hist: Histogram, errors: Counter[
         reader = asyncio.create_task(read_acks())
         started = time.monotonic()
         end = started + spec.duration
+        if spec.mix and spec.rate_each > 0:  # agents do not all publish in the same tick
+            started -= (pub * 0.618034 % 1) / spec.rate_each
         while (now := time.monotonic()) < end and not reader.done():
             for _ in range(_due(started, now, spec.rate_each, sent, spec.batch)):
-                pending[sent] = time.time_ns()
-                await ws.send(
-                    b'{"op":"publish","id":"%d","event":%s}' % (sent, event_json(topic, pub, sent, pad))
-                )
+                pending[sent] = t_ns = time.time_ns()
+                if spec.mix:
+                    event = bench_agents.event_json(spec.topic_prefix, pub, sent, t_ns, pad)
+                else:
+                    event = event_json(topic, pub, sent, pad)
+                await ws.send(b'{"op":"publish","id":"%d","event":%s}' % (sent, event))
                 sent += 1
             await asyncio.sleep(_TICK_S)
         settle = time.monotonic() + 10
@@ -920,6 +951,17 @@ class BenchConfig(msgspec.Struct, frozen=True, kw_only=True):
     slo_loss: int | None = None
     slo_dups: int | None = None
     slo_min_rate: float | None = None
+    # max-rate (dash_stream/bench_ramp.py): `rate` is the first step's, `duration` each step's length
+    ramp_factor: float = 1.5
+    max_steps: int = 10
+    max_run_s: float = 600.0  # no new step starts after this many seconds
+    ramp_p99_ms: float = 250.0  # a step is sustainable with p99 at most this, no loss, no rejects
+    # soak (dash_stream/bench_ramp.py)
+    rss_interval: float = 1.0
+    warmup: float = 0.2  # fraction of the publishing window left out of the RSS slope fit
+    max_rss_growth_mib_per_hour: float | None = None
+    # agents-1000: the bench_agents event mix and dashboard views (publishing over WebSocket only)
+    agents: bool = False
 
 
 class Scenario(msgspec.Struct, frozen=True):
@@ -946,6 +988,48 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         "fanout, and halfway through every subscriber drops and resumes from its cursor",
         {"subscribers": 1000, "rate": 100.0, "duration": 10.0, "via": "ws", "drop_at": 0.5},
     ),
+    "max-rate": Scenario(
+        "fanout in steps of rising rate (times ramp_factor each step) until p99 publish→deliver exceeds"
+        " ramp_p99_ms or an event is lost: the last sustainable rate",
+        {"subscribers": 200, "rate": 50.0, "duration": 4.0, "via": "ws", "grace": 5.0},
+    ),
+    "soak": Scenario(
+        "steady fanout for D seconds, server RSS sampled every second, least-squares RSS growth after"
+        " the warm-up",
+        {
+            "subscribers": 200,
+            "rate": 100.0,
+            "duration": 600.0,
+            "via": "ws",
+            "max_rss_growth_mib_per_hour": 50.0,
+        },
+    ),
+    "agents-1000": Scenario(
+        "1000 agents publishing a lifecycle/task/metrics/error mix over WebSocket at R events/s in all;"
+        " 200 dashboards with topic patterns and `where` filters (4 views)",
+        {
+            "subscribers": 200,
+            "publishers": 1000,
+            "pub_workers": 2,
+            "rate": 200.0,
+            "duration": 30.0,
+            "via": "ws",
+            "agents": True,
+        },
+    ),
+    "ingest-10k": Scenario(
+        "HTTP batch publish paced at 10,000 events/s for D seconds, 2 subscribers counting loss",
+        {
+            "subscribers": 2,
+            "workers": 1,
+            "rate": 10_000.0,
+            "duration": 10.0,
+            "via": "http",
+            "publishers": 8,
+            "pub_workers": 2,
+            "batch": 100,
+        },
+    ),
 }
 
 
@@ -954,7 +1038,10 @@ def make_config(scenario: str, **overrides: Any) -> BenchConfig:
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: expected one of {', '.join(SCENARIOS)}")
     values = {**SCENARIOS[scenario].defaults, **{k: v for k, v in overrides.items() if v is not None}}
-    return msgspec.convert({"scenario": scenario, **values}, BenchConfig)
+    cfg = msgspec.convert({"scenario": scenario, **values}, BenchConfig)
+    if cfg.agents and cfg.via != "ws":
+        raise ValueError("agents-1000 publishes over WebSocket only (via ws)")
+    return cfg
 
 
 class ServerStats(msgspec.Struct, kw_only=True):
@@ -978,6 +1065,22 @@ class GeneratorStats(msgspec.Struct, kw_only=True):
     busiest_process_percent: float = 0.0
     saturated: bool = False
     background_cpu_percent: float = 0.0  # busy CPU on the machine that was neither server nor generator
+
+
+class RampStep(msgspec.Struct, kw_only=True):
+    """One step of a max-rate run."""
+
+    rate: float
+    published: int
+    publish_per_s: float
+    deliveries_per_s: float
+    p99_ms: float
+    lost: int
+    rejected: int
+    connected: int
+    generator_saturated: bool
+    sustainable: bool
+    why_not: str = ""
 
 
 class BenchReport(msgspec.Struct, kw_only=True):
@@ -1017,6 +1120,13 @@ class BenchReport(msgspec.Struct, kw_only=True):
     errors: dict[str, int] = {}
     server: ServerStats = msgspec.field(default_factory=ServerStats)
     generator: GeneratorStats = msgspec.field(default_factory=GeneratorStats)
+    publish_started_ns: int = 0
+    publish_ended_ns: int = 0
+    steps: list[RampStep] = []  # max-rate
+    max_sustainable_rate: float | None = None  # max-rate: published events/s of the last good step
+    max_sustainable_deliveries_per_s: float | None = None
+    rss_samples: list[tuple[float, float]] = []  # soak: (seconds since publishing began, MiB)
+    rss_growth_mib_per_hour: float | None = None  # soak: least-squares slope after the warm-up
     violations: list[str] = []
 
 
@@ -1073,6 +1183,12 @@ def _log(message: str) -> None:
 def run(cfg: BenchConfig, log: Callable[[str], None] = _log) -> BenchReport:
     """Run one scenario against the server at `cfg.url` and report what was measured."""
     host, port = _check_loopback(cfg.url)
+    if cfg.scenario in ("max-rate", "soak"):
+        from dash_stream import bench_ramp
+
+        return (
+            bench_ramp.run_max_rate(cfg, log) if cfg.scenario == "max-rate" else bench_ramp.run_soak(cfg, log)
+        )
     pid = cfg.server_pid or find_pid_by_port(port)
     if pid is None:
         log(f"no local process listens on port {port}: server RSS/CPU will not be reported")
@@ -1180,6 +1296,7 @@ def _start_subscribers(cfg: BenchConfig, prefix: str, lifetime: float) -> list[_
             client=cfg.client,
             connect_timeout=cfg.connect_timeout,
             lifetime=lifetime,
+            views=prefix if cfg.agents else None,
         )
         subs.append(_Worker(_sub_worker, spec))
         first += n
@@ -1199,6 +1316,7 @@ def _start_publishers(cfg: BenchConfig, prefix: str) -> list[_Worker]:
             duration=cfg.duration,
             batch=cfg.batch,
             payload_bytes=cfg.payload_bytes,
+            mix=cfg.agents,
         )
         pubs.append(_Worker(_pub_worker, spec))
         first += n
@@ -1263,8 +1381,11 @@ def _summarise(report: BenchReport, pubs: list[PubResult], subs: list[SubResult]
     report.caught_up_s = _spread(caught_up)
     report.closes, report.errors = dict(closes), dict(errors)
     report.expected_deliveries = accepted * report.connected
+    if any(r.expected_events is not None for r in subs):
+        report.expected_deliveries = sum(r.expected_events or 0 for r in subs)
     start = min((p.started_ns for p in pubs if p.started_ns), default=0)
     end = max((p.ended_ns for p in pubs), default=0)
+    report.publish_started_ns, report.publish_ended_ns = start, end
     if end > start:
         report.publish_per_s = round(accepted / ((end - start) / 1e9), 1)
     last = max((r.last_recv_ns for r in subs), default=0)
@@ -1369,6 +1490,17 @@ def markdown(report: BenchReport) -> str:
         )
         row("drop → resubscribed (s) p50 / p99 / max", _fmt_spread(report.resubscribe_s))
         row("drop → first event published after it (s) p50 / p99 / max", _fmt_spread(report.caught_up_s))
+    if report.steps:
+        from dash_stream import bench_ramp
+
+        lines.extend(bench_ramp.markdown_rows(report))
+    if report.rss_samples or cfg.max_rss_growth_mib_per_hour is not None:
+        growth = report.rss_growth_mib_per_hour
+        row(
+            f"server RSS growth after {cfg.warmup:.0%} warm-up"
+            f" (least squares, {len(report.rss_samples)} samples)",
+            "-" if growth is None else f"{growth:+.1f} MiB/hour",
+        )
     if report.closes:
         row("connection ends by close code", report.closes)
     if report.errors:

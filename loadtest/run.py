@@ -42,6 +42,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         ("slo-loss", int),
         ("slo-dups", int),
         ("slo-min-rate", float),
+        ("ramp-factor", float),
+        ("max-steps", int),
+        ("max-run-s", float),
+        ("ramp-p99-ms", float),
+        ("rss-interval", float),
+        ("warmup", float),
+        ("max-rss-growth-mib-per-hour", float),
     ):
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--via", choices=["ws", "http"])

@@ -13,7 +13,9 @@ _ERROR_EXIT = 2
 
 
 def bench(
-    scenario: Annotated[str, typer.Argument(help="fanout, ingest, idle or reconnect-storm.")],
+    scenario: Annotated[
+        str, typer.Argument(help="fanout, ingest, idle, reconnect-storm, max-rate, soak or ingest-10k.")
+    ],
     url: Annotated[str, typer.Option(help="Server base URL (loopback only).")] = "ws://127.0.0.1:8080",
     subscribers: Annotated[int | None, typer.Option(help="Subscriber connections (idle: C).")] = None,
     rate: Annotated[
@@ -45,6 +47,23 @@ def bench(
     slo_min_rate: Annotated[
         float | None, typer.Option(help="Fail below this many deliveries/s (ingest: events/s).")
     ] = None,
+    ramp_factor: Annotated[
+        float | None, typer.Option(help="max-rate: multiply the rate by this each step.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="max-rate: most steps.")] = None,
+    max_run_s: Annotated[
+        float | None, typer.Option(help="max-rate: start no step after this many seconds.")
+    ] = None,
+    ramp_p99_ms: Annotated[
+        float | None, typer.Option(help="max-rate: a step with a higher p99 is not sustainable.")
+    ] = None,
+    rss_interval: Annotated[float | None, typer.Option(help="soak: seconds between RSS samples.")] = None,
+    warmup: Annotated[
+        float | None, typer.Option(help="soak: fraction of the run left out of the RSS fit.")
+    ] = None,
+    max_rss_growth_mib_per_hour: Annotated[
+        float | None, typer.Option(help="soak: fail when server RSS grows faster than this.")
+    ] = None,
 ) -> None:
     """Run a load scenario against a server and report throughput, latency, loss and memory.
 
@@ -55,6 +74,10 @@ def bench(
       dash-stream bench fanout --subscribers 1000 --rate 100 --duration 10 --slo-p99-ms 250 --slo-loss 0
 
       dash-stream bench ingest --duration 10 --json ingest.json --report ingest.md
+
+      dash-stream bench max-rate --subscribers 200 --rate 50 --ramp-factor 1.5 --max-steps 10
+
+      dash-stream bench soak --duration 3600 --max-rss-growth-mib-per-hour 50
     """
     from dash_stream import bench as engine
 
@@ -78,6 +101,13 @@ def bench(
             slo_loss=slo_loss,
             slo_dups=slo_dups,
             slo_min_rate=slo_min_rate,
+            ramp_factor=ramp_factor,
+            max_steps=max_steps,
+            max_run_s=max_run_s,
+            ramp_p99_ms=ramp_p99_ms,
+            rss_interval=rss_interval,
+            warmup=warmup,
+            max_rss_growth_mib_per_hour=max_rss_growth_mib_per_hour,
         )
         result = engine.run(cfg)
     except (ValueError, msgspec.ValidationError) as e:

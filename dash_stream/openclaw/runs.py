@@ -158,10 +158,6 @@ class RunTracker:
                     keys.append(run.session_key)
         return keys
 
-    def flush(self, now: float) -> list[Ready]:
-        """Everything still held, without an origin (shutdown)."""
-        return self.expire(float("inf"))
-
     # ------------------------------------------------------------ internals
 
     def _new_run(self, draft: Draft, now: float) -> tuple[_Run, list[Ready]]:
