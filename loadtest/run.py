@@ -25,6 +25,23 @@ import msgspec
 from dash_stream import bench
 
 
+class PeerProcess(bench.ServerProcess):
+    """A peer server from loadtest/peers/ instead of dash-stream, started the same way."""
+
+    script = "ws_broadcast.py"
+
+    def command(self) -> list[str]:
+        """The peer's command line (`args` are passed on)."""
+        peer = Path(__file__).resolve().parent / "peers" / self.script
+        cmd = [sys.executable, str(peer), "--port", str(self.port), *self.args]
+        if self.cpus is not None and shutil.which("taskset"):
+            cmd = ["taskset", "-c", self.cpus, *cmd]
+        return cmd
+
+
+PEERS: dict[str, type[bench.ServerProcess]] = {"ws-broadcast": PeerProcess}
+
+
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=sorted(bench.SCENARIOS))
@@ -58,6 +75,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True, help="server on CPU 0")
     p.add_argument("--server-arg", action="append", default=[], help="extra `serve` argument (repeatable)")
     p.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the server go here")
+    p.add_argument(
+        "--peer",
+        choices=sorted(PEERS),
+        help="bench a peer server instead of dash-stream (loadtest/peers/; fanout and max-rate only)",
+    )
     return p.parse_args(argv)
 
 
@@ -69,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         k: v
         for k, v in vars(a).items()
-        if k not in ("scenario", "json", "report", "pin", "server_arg", "profile")
+        if k not in ("scenario", "json", "report", "pin", "server_arg", "profile", "peer")
     }
-    with bench.ServerProcess(args=a.server_arg, cpus=str(cpus[0]) if pin else None) as server:
+    if a.peer is not None and a.scenario not in ("fanout", "max-rate"):
+        raise SystemExit(f"--peer runs fanout and max-rate only, not {a.scenario}")
+    server_cls = bench.ServerProcess if a.peer is None else PEERS[a.peer]
+    with server_cls(args=a.server_arg, cpus=str(cpus[0]) if pin else None) as server:
         if pin:
             os.sched_setaffinity(0, set(cpus[1:]))  # the generator's processes inherit this
         cfg = bench.make_config(a.scenario, url=server.url, server_pid=server.pid, **overrides)
