@@ -17,39 +17,16 @@ from typing import Any, Final, Literal
 import msgspec
 
 from bridge.errors import ConfigError
+from dash_stream.durations import Duration, parse_duration
 
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RATE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h|d|sec|min|hour|day)\s*$")
 _RATE_UNITS: Final = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 NO_GROUPING: Final = "..."
 ORIGIN: Final = "dash-bridge"
 
 
-class Duration(float):
-    """Seconds, written in the file as a Go/Prometheus-style duration: "500ms", "2s", "1h30m"."""
-
-
 class Rate(float):
     """Events per second, written in the file as "10/m", "2/s", "100/h"."""
-
-
-def parse_duration(text: object) -> Duration:
-    """Seconds from "2s" / "1h30m" / "250ms"; ValueError with the expected shape otherwise."""
-    if isinstance(text, str):
-        stripped = text.strip()
-        if stripped == "0":
-            return Duration(0.0)
-        pos, total = 0, 0.0
-        for m in _DURATION.finditer(stripped):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        else:
-            if pos == len(stripped) and pos > 0:
-                return Duration(total)
-    raise ValueError('expected a duration like "2s" (units ms, s, m, h, d; e.g. "1h30m")')
 
 
 def parse_rate(text: object) -> Rate:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from dash_stream.durations import Duration, parse_duration
+
 DEFAULT_ORIGIN: Final = "dash-bridge"
 DEFAULT_TOKEN_ENV: Final = "OPENCLAW_GATEWAY_TOKEN"
 RUN_TOPIC: Final = "openclaw.{agent}.{kind}"
@@ -24,8 +26,6 @@ GATEWAY_TOPIC: Final = "openclaw.gateway.{gateway}"
 BASE_PLACEHOLDERS: Final = frozenset({"gateway", "agent", "session", "kind"})
 _PLACEHOLDER: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ConfigError(ValueError):
@@ -34,28 +34,6 @@ class ConfigError(ValueError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-class Duration(float):
-    """Seconds, written in the file as "500ms", "2s", "1m30s"."""
-
-
-def parse_duration(text: object) -> Duration:
-    """Seconds from "2s" / "250ms" / "1m30s"; ValueError with the expected shape otherwise."""
-    if isinstance(text, str):
-        stripped = text.strip()
-        if stripped == "0":
-            return Duration(0.0)
-        pos, total = 0, 0.0
-        for m in _DURATION.finditer(stripped):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        else:
-            if pos == len(stripped) and pos > 0:
-                return Duration(total)
-    raise ValueError('expected a duration like "2s" (units ms, s, m, h)')
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
