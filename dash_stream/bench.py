@@ -900,17 +900,21 @@ def find_pid_by_port(port: int) -> int | None:
 
 
 class ProcSampler:
-    """Samples a process's RSS every `interval` seconds in a thread, keeping the peak."""
+    """Samples a process's RSS every `interval` seconds in a thread: the peak, and with
+    `keep_series` every (time.time_ns(), KiB) sample (the soak fits a slope to them)."""
 
-    def __init__(self, pid: int | None, interval: float = 0.2) -> None:
+    def __init__(self, pid: int | None, interval: float = 0.2, *, keep_series: bool = False) -> None:
         self.pid = pid
         self.interval = interval
-        self.peak_kib = rss_kib(pid) if pid else 0
+        self.keep_series = keep_series
+        self.samples: list[tuple[int, int]] = []
+        self.peak_kib = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-rss", daemon=True)
 
     def __enter__(self) -> ProcSampler:
         if self.pid:
+            self._sample()
             self._thread.start()
         return self
 
@@ -919,9 +923,17 @@ class ProcSampler:
         if self._thread.is_alive():
             self._thread.join(2)
 
+    def _sample(self) -> None:
+        assert self.pid is not None
+        kib = rss_kib(self.pid)
+        if kib:
+            self.peak_kib = max(self.peak_kib, kib)
+            if self.keep_series:
+                self.samples.append((time.time_ns(), kib))
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval) and self.pid:
-            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            self._sample()
 
 
 # ---------------------------------------------------------------- scenarios and the run

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -146,35 +145,6 @@ def rss_slope_mib_per_hour(samples: Sequence[tuple[float, float]], warmup: float
     return cov / var * 3600
 
 
-class RssSeries:
-    """Samples a process's RSS every `interval` seconds in a thread: (time.time_ns(), KiB) pairs."""
-
-    def __init__(self, pid: int | None, interval: float) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.samples: list[tuple[int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="bench-rss-series", daemon=True)
-
-    def __enter__(self) -> RssSeries:
-        if self.pid:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-
-    def _loop(self) -> None:
-        while self.pid:
-            kib = bench.rss_kib(self.pid)
-            if kib:
-                self.samples.append((time.time_ns(), kib))
-            if self._stop.wait(self.interval):
-                return
-
-
 def run_soak(cfg: BenchConfig, log: Callable[[str], None]) -> BenchReport:
     """A steady fanout with the server's RSS sampled throughout; RSS growth is fitted after warm-up."""
     if cfg.rss_interval <= 0 or not 0 <= cfg.warmup < 1:
@@ -183,7 +153,7 @@ def run_soak(cfg: BenchConfig, log: Callable[[str], None]) -> BenchReport:
     pid = cfg.server_pid or bench.find_pid_by_port(port)
     if pid is None:
         raise ValueError(f"soak needs the server's pid (--server-pid): nothing local listens on {port}")
-    with RssSeries(pid, cfg.rss_interval) as series:
+    with bench.ProcSampler(pid, cfg.rss_interval, keep_series=True) as series:
         report = bench.run(msgspec.structs.replace(cfg, scenario="fanout", server_pid=pid), log)
     start, end = report.publish_started_ns, report.publish_ended_ns
     window = [(ns, kib) for ns, kib in series.samples if start <= ns <= end] if end > start else []
